@@ -1,0 +1,1 @@
+"""Bundled configuration: taxonomy YAML files and Hydra configs (package data)."""

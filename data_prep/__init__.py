@@ -1,0 +1,1 @@
+"""Data preparation: teacher sampling, the SFT set and the RL set."""

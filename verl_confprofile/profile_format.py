@@ -1,0 +1,188 @@
+"""The per-dimension block format of section 4.2 / Figure 2b: render a profile, parse any text back.
+
+    <age><evidence>...</evidence><tag>24-30</tag><score>4</score></age>
+
+Parsing rules (the reward path depends on them never raising):
+- Reasoning is not parsed: if the text has a ``</think>``, only what follows the last one counts;
+  an unclosed ``<think>`` (truncated reasoning) hides everything after it.
+- A dimension is well-formed when its block opens and closes exactly once, holds exactly one
+  ``<tag>`` whose text is in the dimension's closed set (aliases accepted) and exactly one
+  ``<score>`` that is an integer 1..5 or a verbal level (very low .. very high). ``<evidence>``
+  is optional but may appear only once. Inner tags may come in any order.
+- Anything else is malformed for that dimension, with a short reason; never an exception.
+Only ``str.find``/``str.count`` scans are used, so time is linear in the input size.
+For speed the fields are read straight from canonical text when it is canonical (see _Parser).
+"""
+
+from __future__ import annotations
+
+import operator
+from functools import lru_cache
+from typing import Mapping, NamedTuple
+
+from .taxonomy import Dimension, Taxonomy
+
+VERBAL_SCORES = {"very low": 1, "low": 2, "medium": 3, "high": 4, "very high": 5}
+_DIGIT_SCORES = {str(i): i for i in range(1, 6)}
+_SCORE_TEXT = _DIGIT_SCORES | VERBAL_SCORES
+_new = tuple.__new__
+
+
+class DimensionOutput(NamedTuple):
+    """What one text says for one dimension; ``error`` is None exactly when it is well-formed."""
+
+    tag: str | None
+    score: int | None
+    evidence: str | None
+    error: str | None
+
+    @property
+    def well_formed(self) -> bool:
+        return self.error is None
+
+
+Profile = dict[str, DimensionOutput]
+
+
+def _malformed(reason: str) -> DimensionOutput:
+    return DimensionOutput(None, None, None, reason)
+
+
+def _unique_span(text: str, open_tag: str, close_tag: str) -> tuple[int, int] | str:
+    """(start, end) of the content between the only open/close pair, or a reason string."""
+    n_open = text.count(open_tag)
+    if n_open == 0:
+        return "missing"
+    if n_open > 1 or text.count(close_tag) > 1:
+        return "duplicated"
+    start = text.find(open_tag) + len(open_tag)
+    end = text.find(close_tag, start)
+    if end < 0:
+        return "unclosed"
+    return start, end
+
+
+def _field(block: str, name: str) -> str | None:
+    span = _unique_span(block, f"<{name}>", f"</{name}>")
+    if isinstance(span, str):
+        raise _FieldError(f"{name} {span}")
+    return block[span[0] : span[1]]
+
+
+class _FieldError(Exception):
+    pass
+
+
+def _parse_dimension(text: str, dim: Dimension, open_tag: str, close_tag: str) -> DimensionOutput:
+    span = _unique_span(text, open_tag, close_tag)
+    if isinstance(span, str):
+        return _malformed(f"block {span}")
+    block = text[span[0] : span[1]]
+    try:
+        raw_tag = _field(block, "tag")
+        raw_score = _field(block, "score")
+        evidence = _field(block, "evidence") if "<evidence>" in block else None
+    except _FieldError as exc:
+        return _malformed(str(exc))
+    tag = dim.canonical(raw_tag)
+    if tag is None:
+        return _malformed("tag not in the closed set")
+    score = _SCORE_TEXT.get(raw_score.strip())
+    if score is None:
+        score = _SCORE_TEXT.get(" ".join(raw_score.split()).casefold())
+        if score is None:
+            return _malformed("score not in 1..5")
+    return DimensionOutput(tag, score, evidence.strip() if evidence is not None else None, None)
+
+
+def answer_text(text: object) -> str:
+    """The part of a model output that holds the answer (reasoning removed); '' for non-text."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        return ""
+    cut = text.rfind("</think>")
+    if cut >= 0:
+        return text[cut + len("</think>") :]
+    cut = text.find("<think>")
+    return text if cut < 0 else text[:cut]
+
+
+class _Parser:
+    """Parser of one taxonomy, with a fast path for the canonical layout.
+
+    The fast path takes outputs whose blocks come in taxonomy order, each exactly as
+    ``render_profile`` writes it, and whose answer holds no other '<' at all (so no block can be
+    duplicated or stray); anything else goes dimension by dimension through the general rules,
+    which give the same result on canonical text (tested).
+    """
+
+    def __init__(self, taxonomy: Taxonomy):
+        self.dims = [(d, f"<{d.key}>", f"</{d.key}>") for d in taxonomy]
+        self.canonical = [(d.key, f"<{d.key}><evidence>", f"</score></{d.key}>", d._lookup.get) for d in taxonomy]
+        self.n_markers = 8 * len(self.dims)
+
+    def _fast(self, body: str) -> Profile | None:
+        if body.count("<") != self.n_markers:
+            return None
+        find, pos, out = body.find, 0, {}
+        for key, opener, closer, lookup in self.canonical:
+            start = find(opener, pos)
+            ev_end = find("</evidence><tag>", start)
+            tag_end = find("</tag><score>", ev_end)
+            end = find(closer, tag_end)
+            if start < 0 or ev_end < 0 or tag_end < 0 or end < 0:
+                return None
+            tag = lookup(body[ev_end + 16 : tag_end])
+            score = _DIGIT_SCORES.get(body[tag_end + 13 : end])
+            if tag is None or score is None:
+                return None
+            out[key] = _new(DimensionOutput, (tag, score, body[start + len(opener) : ev_end].strip(), None))
+            pos = end + len(closer)
+        return out
+
+    def __call__(self, text: object) -> Profile:
+        body = answer_text(text)
+        return self._fast(body) or {d.key: _parse_dimension(body, d, o, c) for d, o, c in self.dims}
+
+
+@lru_cache(maxsize=64)
+def _parser(taxonomy: Taxonomy) -> _Parser:
+    return _Parser(taxonomy)
+
+
+def parse_profile(text: object, taxonomy: Taxonomy) -> Profile:
+    """Parse any model output into one DimensionOutput per taxonomy dimension. Never raises."""
+    return _parser(taxonomy)(text)
+
+
+def _clean_evidence(evidence: str) -> str:
+    # Angle brackets could close or fake a block; the lookalikes keep the text readable.
+    return evidence.replace("<", "\u2039").replace(">", "\u203a").strip()
+
+
+def render_profile(profile: Mapping[str, tuple[str, int, str | None]], taxonomy: Taxonomy) -> str:
+    """Render {dim: (tag, score, evidence)} as one block per line, in taxonomy order.
+
+    Tags are canonicalised and must be in the closed set; scores must be 1..5. Raises ValueError
+    on a bad profile, since rendering is only ever fed by our own pipeline.
+    """
+    lines = []
+    for dim in taxonomy:
+        if dim.key not in profile:
+            raise ValueError(f"profile has no value for dimension {dim.key!r}")
+        tag, score, evidence = profile[dim.key]
+        label = dim.canonical(tag)
+        if label is None:
+            raise ValueError(f"{dim.key}: tag {tag!r} is not in the closed set")
+        try:
+            level = operator.index(score)
+        except TypeError:
+            level = 0
+        if isinstance(score, bool) or not 1 <= level <= 5:
+            raise ValueError(f"{dim.key}: score {score!r} is not an integer 1..5")
+        lines.append(
+            f"<{dim.key}><evidence>{_clean_evidence(evidence or '')}</evidence>"
+            f"<tag>{label}</tag><score>{level}</score></{dim.key}>"
+        )
+    return "\n".join(lines)

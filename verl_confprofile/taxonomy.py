@@ -1,0 +1,153 @@
+"""Profile taxonomies: closed label sets per dimension, loaded from YAML.
+
+A taxonomy is data, not code: the prompt, the parser, voting, rewards and metrics all read the
+dimensions and labels from here, so a user's own YAML with other dimensions works end to end.
+Label order matters: it is the last tie-break of voting ("earlier in taxonomy order").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Iterator
+
+import yaml
+
+DEFAULT_TAXONOMY = "profilebench"
+_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-"})
+_SPACED_PUNCT = re.compile(r"\s*([-/,])\s*")
+_SPACES = re.compile(r"\s+")
+# Spellings of "unknown" a model or annotator writes; all mean the dimension's NA label.
+_NA_ALIASES = ("na", "n/a", "n.a.", "unknown", "unknown(na)", "unknown (na)", "unknown(n/a)", "none")
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file that cannot be used; the message names the file and the key."""
+
+
+def normalize_label(text: str) -> str:
+    """Fold a label to its matching key: case, dash variants and spacing do not matter."""
+    text = text.translate(_DASHES).strip().casefold()
+    text = _SPACED_PUNCT.sub(r"\1", text)
+    return _SPACES.sub(" ", text)
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One profile attribute with its closed label set (NA included)."""
+
+    key: str
+    name: str
+    labels: tuple[str, ...]
+    na: str
+    _lookup: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _rank: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def canonical(self, raw: str) -> str | None:
+        """The canonical label a raw tag string means, or None when it is not in the set."""
+        hit = self._lookup.get(raw)
+        if hit is None:
+            hit = self._lookup.get(normalize_label(raw))
+        return hit
+
+    def rank(self, label: str) -> int:
+        """Position of a canonical label in taxonomy order (the final voting tie-break)."""
+        return self._rank[label]
+
+
+class Taxonomy:
+    """An ordered set of dimensions. Iterate for dimensions, index by key."""
+
+    def __init__(self, dimensions: list[Dimension], source: str = "<memory>"):
+        self.dimensions = tuple(dimensions)
+        self.source = source
+        self._by_key = {d.key: d for d in self.dimensions}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self._by_key)
+
+    def __getitem__(self, key: str) -> Dimension:
+        return self._by_key[key]
+
+    def __iter__(self) -> Iterator[Dimension]:
+        return iter(self.dimensions)
+
+    def __len__(self) -> int:
+        return len(self.dimensions)
+
+    def __repr__(self) -> str:
+        return f"Taxonomy({self.source!r}, keys={list(self.keys)})"
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "<memory>") -> "Taxonomy":
+        """Build and validate a taxonomy; every problem names `source` and the offending key."""
+        if not isinstance(data, dict) or not isinstance(data.get("dimensions"), dict):
+            raise TaxonomyError(f"{source}: expected a mapping with a 'dimensions' mapping")
+        na = data.get("na_label", "NA")
+        if not isinstance(na, str) or not na.strip():
+            raise TaxonomyError(f"{source}: na_label: must be a non-empty string")
+        if not data["dimensions"]:
+            raise TaxonomyError(f"{source}: dimensions: no dimension defined")
+        dims = [_build_dimension(source, key, spec, na) for key, spec in data["dimensions"].items()]
+        return cls(dims, source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "Taxonomy":
+        """Load a taxonomy YAML; None or a bundled name (e.g. 'profilebench') loads a bundled one."""
+        if path is None or (isinstance(path, str) and os.sep not in path and not path.endswith((".yaml", ".yml"))):
+            return _bundled(path or DEFAULT_TAXONOMY)
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except OSError as exc:
+            raise TaxonomyError(f"{path}: cannot read taxonomy: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise TaxonomyError(f"{path}: invalid YAML: {exc}") from exc
+        return cls.from_dict(data, path)
+
+
+def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimension:
+    where = f"{source}: dimensions.{key}"
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise TaxonomyError(f"{where}: key must match [a-z][a-z0-9_]* (it names an output block)")
+    if not isinstance(spec, dict):
+        raise TaxonomyError(f"{where}: expected a mapping with 'labels'")
+    labels = spec.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise TaxonomyError(f"{where}.labels: empty dimension (need at least one label besides {na})")
+    if any(not isinstance(x, str) or not x.strip() or "<" in x or ">" in x for x in labels):
+        raise TaxonomyError(f"{where}.labels: every label must be a non-empty string without '<' or '>'")
+    if na not in labels:
+        raise TaxonomyError(f"{where}.labels: missing the NA label {na!r}")
+    if len(labels) < 2:
+        raise TaxonomyError(f"{where}.labels: empty dimension (need at least one label besides {na})")
+    lookup: dict[str, str] = {}
+    for label in labels:
+        folded = normalize_label(label)
+        if folded in lookup:
+            raise TaxonomyError(f"{where}.labels: duplicate label {label!r} (same as {lookup[folded]!r})")
+        lookup[folded] = label
+    lookup.update({label: label for label in labels})
+    for alias in _NA_ALIASES + tuple(spec.get("na_aliases", ())):
+        lookup.setdefault(normalize_label(alias), na)
+    for label, aliases in (spec.get("aliases") or {}).items():
+        if label not in labels:
+            raise TaxonomyError(f"{where}.aliases: {label!r} is not one of the labels")
+        for alias in aliases:
+            lookup.setdefault(normalize_label(alias), label)
+    name = spec.get("name", key.replace("_", " ").title())
+    return Dimension(key, str(name), tuple(labels), na, lookup, {x: i for i, x in enumerate(labels)})
+
+
+@lru_cache(maxsize=None)
+def _bundled(name: str) -> Taxonomy:
+    ref = resources.files("verl_confprofile.configs") / f"{name}.yaml"
+    if not ref.is_file():
+        raise TaxonomyError(f"{name}: no such bundled taxonomy and no such file")
+    return Taxonomy.from_dict(yaml.safe_load(ref.read_text(encoding="utf-8")), str(ref))

@@ -1,0 +1,75 @@
+"""Voting over samples of one user (Eq. 3-6): the same code votes teacher samples and GRPO groups.
+
+For a dimension, each well-formed sample i contributes its tag A_i with confidence C_i.
+S_t = sum_i 1[A_i = t] * C_i (Eq. 3); the voted tag maximises the method's ranking key and
+S = S_winner (Eq. 4-5). NA is a candidate like any tag; malformed samples do not vote.
+
+Ranking keys, compared left to right (the tie-break rule, independent of sample order):
+    confidence: (S_t, count_t, earlier in taxonomy order)      -- the paper's method
+    majority:   (count_t, S_t, earlier in taxonomy order)      -- the ablation of Table 2
+The margin is the winner's first key component minus the runner-up's (S for confidence, count
+for majority); with a single candidate the runner-up counts as 0.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+from .taxonomy import Dimension, Taxonomy
+
+VOTING_METHODS = ("confidence", "majority")
+
+
+class Vote(NamedTuple):
+    """Outcome for one dimension; ``tag`` is None when no sample was well-formed."""
+
+    tag: str | None
+    score: float
+    votes: int
+    margin: float
+    n_valid: int
+
+
+NO_VOTE = Vote(None, 0.0, 0, 0.0, 0)
+
+
+def check_method(method: str) -> str:
+    if method not in VOTING_METHODS:
+        raise ValueError(f"unknown voting method {method!r}; choose one of {', '.join(VOTING_METHODS)}")
+    return method
+
+
+def vote(choices: Iterable[Sequence], dim: Dimension, method: str = "confidence") -> Vote:
+    """Vote one dimension. ``choices`` yields (tag, confidence, ...) items; tag None = malformed."""
+    tally: dict[str, list] = {}
+    n_valid = 0
+    for item in choices:
+        tag = item[0]
+        if tag is None:
+            continue
+        n_valid += 1
+        cell = tally.get(tag)
+        if cell is None:
+            tally[tag] = [item[1], 1]
+        else:
+            cell[0] += item[1]
+            cell[1] += 1
+    if not tally:
+        return NO_VOTE
+    by_count = method == "majority"
+    if not by_count:
+        check_method(method)
+    ranked = sorted(
+        ((c[1], c[0]) if by_count else (c[0], c[1]), -dim.rank(t), t) for t, c in tally.items()
+    )
+    (first, second), _, tag = ranked[-1]
+    runner_up = ranked[-2][0][0] if len(ranked) > 1 else 0
+    s_t, count = (second, first) if by_count else (first, second)
+    return Vote(tag, float(s_t), int(count), float(first - runner_up), n_valid)
+
+
+def vote_profile(
+    samples: Sequence[Mapping[str, Sequence]], taxonomy: Taxonomy, method: str = "confidence"
+) -> dict[str, Vote]:
+    """Vote every dimension over parsed samples ({dim: (tag, confidence, ...)} each)."""
+    return {d.key: vote((s[d.key] for s in samples), d, method) for d in taxonomy}
