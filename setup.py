@@ -35,6 +35,7 @@ setup(
     },
     entry_points={
         "console_scripts": ["confprofile = verl_confprofile.cli:main"],
+        "verl.plugins": ["confprofile = verl_confprofile.reward.plugin"],
     },
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

@@ -79,7 +79,7 @@ def as_confidence(value: object) -> int | None:
             value = float(value)  # numpy scalars and numeric strings
         except (TypeError, ValueError):
             return None
-    if value != value or value != int(value) or not 1 <= value <= 5:
+    if value != value or not 1 <= value <= 5 or value != int(value):  # range first: int(inf) raises
         return None
     return int(value)
 

@@ -18,6 +18,8 @@ import yaml
 
 DEFAULT_TAXONOMY = "profilebench"
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# Block names the output format already uses: a dimension named after one could never be parsed.
+_RESERVED_KEYS = ("evidence", "tag", "score", "think")
 _DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-"})
 _SPACED_PUNCT = re.compile(r"\s*([-/,])\s*")
 _SPACES = re.compile(r"\s+")
@@ -83,6 +85,11 @@ class Taxonomy:
     def __repr__(self) -> str:
         return f"Taxonomy({self.source!r}, keys={list(self.keys)})"
 
+    def to_dict(self) -> dict:
+        """The YAML structure of this taxonomy (labels and names; extra aliases are not kept)."""
+        na = {d.na for d in self.dimensions}.pop()
+        return {"na_label": na, "dimensions": {d.key: {"name": d.name, "labels": list(d.labels)} for d in self}}
+
     @classmethod
     def from_dict(cls, data: object, source: str = "<memory>") -> "Taxonomy":
         """Build and validate a taxonomy; every problem names `source` and the offending key."""
@@ -116,6 +123,8 @@ def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimensi
     where = f"{source}: dimensions.{key}"
     if not isinstance(key, str) or not _KEY_RE.match(key):
         raise TaxonomyError(f"{where}: key must match [a-z][a-z0-9_]* (it names an output block)")
+    if key in _RESERVED_KEYS:
+        raise TaxonomyError(f"{where}: key {key!r} is reserved by the output format ({', '.join(_RESERVED_KEYS)})")
     if not isinstance(spec, dict):
         raise TaxonomyError(f"{where}: expected a mapping with 'labels'")
     labels = spec.get("labels")

@@ -1,0 +1,185 @@
+"""Run verl's real reward loop on this machine: no GPU, no rollout engine, no model weights.
+
+The demo, the benchmarks and the tests use this to score rollouts exactly as a verl 0.9 trainer
+does: the config is verl's own ``ppo_trainer`` composed with Hydra overrides (as typed after
+``python -m verl.trainer.main_ppo``), the scorers are ``RewardLoopWorker`` Ray actors built by
+``RewardLoopManager``, and the rollouts reach them either
+
+- chunked: ``RewardLoopManager.compute_rm_score(batch)``, the trainer's path for a colocated
+  reward model, or
+- streamed: one single-row ``DataProto`` per rollout sent to a randomly chosen worker, as
+  ``AgentLoopWorker._compute_score`` does in normal training (and validation).
+Only the generation is replaced: responses are given as text and tokenised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+def compose_ppo_config(overrides: list[str]) -> DictConfig:
+    """verl's ``ppo_trainer`` config with command-line style overrides, resolved."""
+    import verl
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=list(overrides))
+    OmegaConf.resolve(config)
+    return config
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Start a local Ray (once per process) with verl's runtime env for PPO workers."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+@dataclass
+class Rollout:
+    """One rollout: the dataset row's fields the trainer passes along, and the response text."""
+
+    row: dict
+    response: str
+    prompt: list = field(default_factory=lambda: [{"role": "user", "content": "Profile this user."}])
+
+
+def _object_array(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+class LocalRewardLoop:
+    """A ``RewardLoopManager`` on local Ray, with the two ways verl feeds it rollouts.
+
+    Use as a context manager; on exit the reward workers are killed so another loop (whose
+    workers take the same actor names) can start in the same Ray session.
+    """
+
+    def __init__(self, config: DictConfig, ready_timeout_s: float = 600):
+        from verl.experimental.reward_loop import RewardLoopManager
+
+        self.manager = RewardLoopManager(config)
+        self.workers = self.manager.reward_loop_workers
+        try:  # a worker that fails to start (e.g. a refused config) only shows it here
+            ray.get([w.__ray_ready__.remote() for w in self.workers], timeout=ready_timeout_s)
+        except Exception:
+            self.close()
+            raise
+
+    def __enter__(self) -> "LocalRewardLoop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, timeout_s: float = 60) -> None:
+        """Kill the reward workers and wait until their actor names are free again."""
+        for worker in self.workers:
+            ray.kill(worker)
+        deadline = time.monotonic() + timeout_s
+        for i in range(len(self.workers)):
+            while time.monotonic() < deadline:
+                try:
+                    ray.get_actor(f"reward_loop_worker_{i}")
+                except ValueError:
+                    break
+                time.sleep(0.05)
+        self.workers = []
+
+    def score_chunked(self, batch) -> list[dict]:
+        """Score a ``rollout_batch`` through ``compute_rm_score``: {reward_score, reward_extra_info} per row."""
+        out = self.manager.compute_rm_score(batch)
+        scores = out.batch["rm_scores"].sum(dim=-1).tolist()
+        keys = out.meta_info["reward_extra_keys"]
+        return [
+            {"reward_score": s, "reward_extra_info": {k: out.non_tensor_batch[k][i] for k in keys}}
+            for i, s in enumerate(scores)
+        ]
+
+    def score_streaming(self, items: list, seed: int = 0) -> list[dict]:
+        """Send every ``stream_item`` at once, shuffled, each to a random worker; results in input order."""
+        rng = random.Random(seed)
+        order = list(range(len(items)))
+        rng.shuffle(order)
+
+        async def run() -> list[dict]:
+            calls = {i: rng.choice(self.workers).compute_score.remote(items[i]) for i in order}
+            return list(await asyncio.gather(*(calls[i] for i in range(len(items)))))
+
+        return asyncio.run(run())
+
+
+def _tokens(tokenizer, rollout: Rollout) -> tuple[list[int], list[int]]:
+    enc = tokenizer.apply_chat_template(rollout.prompt, add_generation_prompt=True, tokenize=True)
+    prompt = list(enc if isinstance(enc, list) else enc["input_ids"])
+    response = tokenizer.encode(rollout.response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return prompt, response
+
+
+def rollout_batch(tokenizer, rollouts: list[Rollout]):
+    """A padded batch as the trainer holds it after generation (the chunked path's input)."""
+    from tensordict import TensorDict
+
+    from verl import DataProto
+    from verl.utils.model import compute_position_id_with_mask
+
+    pad = tokenizer.pad_token_id
+    pairs = [_tokens(tokenizer, r) for r in rollouts]
+    p_len, r_len = max(len(p) for p, _ in pairs), max(len(r) for _, r in pairs)
+    prompts = torch.tensor([[pad] * (p_len - len(p)) + p for p, _ in pairs])
+    responses = torch.tensor([r + [pad] * (r_len - len(r)) for _, r in pairs])
+    mask = torch.tensor([[0] * (p_len - len(p)) + [1] * len(p) + [1] * len(r) + [0] * (r_len - len(r)) for p, r in pairs])
+    tensors = {
+        "prompts": prompts,
+        "responses": responses,
+        "input_ids": torch.cat([prompts, responses], dim=1),
+        "attention_mask": mask,
+        "position_ids": compute_position_id_with_mask(mask),
+    }
+    keys = rollouts[0].row.keys()
+    non_tensor = {k: _object_array([r.row[k] for r in rollouts]) for k in keys}
+    non_tensor["raw_prompt"] = _object_array([r.prompt for r in rollouts])
+    return DataProto(batch=TensorDict(tensors, batch_size=len(rollouts)), non_tensor_batch=non_tensor)
+
+
+def stream_item(tokenizer, rollout: Rollout):
+    """The single-row ``DataProto`` the agent loop sends to a reward worker."""
+    from tensordict import TensorDict
+
+    from verl import DataProto
+    from verl.utils.model import compute_position_id_with_mask
+
+    prompt, response = _tokens(tokenizer, rollout)
+    prompts, responses = torch.tensor([prompt]), torch.tensor([response])
+    mask = torch.ones(1, len(prompt) + len(response), dtype=torch.int64)
+    tensors = {
+        "prompts": prompts,
+        "responses": responses,
+        "input_ids": torch.cat([prompts, responses], dim=1),
+        "attention_mask": mask,
+        "position_ids": compute_position_id_with_mask(mask),
+    }
+    non_tensor = {k: _object_array([v]) for k, v in rollout.row.items()}
+    non_tensor.update(
+        raw_prompt=_object_array([rollout.prompt]),
+        __num_turns__=np.array([2]),
+        prompt_len=np.array([len(prompt)]),
+        response_len=np.array([len(response)]),
+    )
+    return DataProto(batch=TensorDict(tensors, batch_size=1), non_tensor_batch=non_tensor)
