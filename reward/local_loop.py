@@ -112,15 +112,19 @@ class LocalRewardLoop:
             for i, s in enumerate(scores)
         ]
 
-    def score_streaming(self, items: list, seed: int = 0) -> list[dict]:
-        """Send every ``stream_item`` at once, shuffled, each to a random worker; results in input order."""
+    def score_streaming(self, items: list, seed: int = 0, timeout_s: float | None = None) -> list[dict]:
+        """Send every ``stream_item`` at once, shuffled, each to a random worker; results in input order.
+
+        ``timeout_s`` bounds the wait for all results (asyncio.TimeoutError past it).
+        """
         rng = random.Random(seed)
         order = list(range(len(items)))
         rng.shuffle(order)
 
         async def run() -> list[dict]:
             calls = {i: rng.choice(self.workers).compute_score.remote(items[i]) for i in order}
-            return list(await asyncio.gather(*(calls[i] for i in range(len(items)))))
+            gathered = asyncio.gather(*(calls[i] for i in range(len(items))))
+            return list(await asyncio.wait_for(gathered, timeout_s))
 
         return asyncio.run(run())
 

@@ -1,0 +1,319 @@
+"""`confprofile vote` end to end, in process and through the installed console script."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from verl_confprofile.cli import main
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "confprofile"
+OTHER_DIMS = ("industry", "occupation", "education", "life_stage")
+
+
+def blk(key, tag, score):
+    return f"<{key}><evidence>seen in the keyphrases</evidence><tag>{tag}</tag><score>{score}</score></{key}>"
+
+
+# Two users, three samples each, interleaved; only gender and age are answered, so the four other
+# dimensions of the bundled taxonomy are malformed (missing) in every sample.
+SAMPLES = [
+    {"user_id": "u_b", "sample_idx": 0, "model": "teacher", "text": blk("gender", "Male", 5) + blk("age", "24-30", 2)},
+    {"user_id": "u_a", "sample_idx": 0, "model": "teacher", "text": blk("gender", "Female", "high") + blk("age", "18\u201323", 3)},
+    {"user_id": "u_b", "sample_idx": 1, "model": "teacher", "text": blk("gender", "Female", 4) + "\n" + blk("age", "24-30", 1)},
+    # truncated output: gender unclosed, age missing
+    {"user_id": "u_a", "sample_idx": 1, "model": "teacher", "text": "<think>ok</think><gender><evidence>short</evidence><tag>Male</tag><sco"},
+    {"user_id": "u_a", "sample_idx": 2, "model": "teacher", "text": "<think>hmm</think>" + blk("gender", "Male", 1) + blk("age", "NA", 1)},
+    {"user_id": "u_b", "sample_idx": 2, "model": "teacher", "text": blk("age", "31\u201340", 5) + " and " + blk("gender", "Male", 1)},
+]
+
+
+def dim(tag, score, votes, margin, confidence=None):
+    return {"tag": tag, "score": score, "votes": votes, "margin": margin, "confidence": confidence}
+
+
+def unanswered(confidence=None):
+    return {k: dim("NA", 0, 0, 0, confidence) for k in OTHER_DIMS}
+
+
+# Confidence voting (Eq. 3-5), users in order of first appearance (u_b, then u_a):
+# u_b gender: S_Male = 5+1 = 6, S_Female = 4 -> Male, S 6, votes 2, margin 2
+#     age:    S_24-30 = 2+1 = 3, S_31-40 = 5 (en dash alias) -> 31-40, S 5, votes 1, margin 2
+# u_a gender: sample 1 malformed; S_Female = 4 ("high"), S_Male = 1 -> Female, S 4, votes 1, margin 3
+#     age:    sample 1 malformed; S_18-23 = 3, S_NA = 1 -> 18-23, S 3, votes 1, margin 2
+# Other dimensions: no well-formed sample -> NA, S 0, 3 malformed.
+EXPECTED_CONFIDENCE = [
+    {
+        "user_id": "u_b",
+        "profile": {"gender": dim("Male", 6, 2, 2), "age": dim("31-40", 5, 1, 2), **unanswered()},
+        "malformed": {"gender": 0, "age": 0, **{k: 3 for k in OTHER_DIMS}},
+    },
+    {
+        "user_id": "u_a",
+        "profile": {"gender": dim("Female", 4, 1, 3), "age": dim("18-23", 3, 1, 2), **unanswered()},
+        "malformed": {"gender": 1, "age": 1, **{k: 3 for k in OTHER_DIMS}},
+    },
+]
+
+# Majority voting (counts, then S, then taxonomy order; margin in counts):
+# u_b gender: Male 2 votes vs Female 1 -> Male, S 6, margin 1
+#     age:    24-30 2 votes vs 31-40 1 -> 24-30, S 3, votes 2, margin 1
+# u_a gender: 1 - 1, S 4 > 1 -> Female, S 4, votes 1, margin 0
+#     age:    1 - 1, S 3 > 1 -> 18-23, S 3, votes 1, margin 0
+EXPECTED_MAJORITY = [
+    {
+        "user_id": "u_b",
+        "profile": {"gender": dim("Male", 6, 2, 1), "age": dim("24-30", 3, 2, 1), **unanswered()},
+        "malformed": EXPECTED_CONFIDENCE[0]["malformed"],
+    },
+    {
+        "user_id": "u_a",
+        "profile": {"gender": dim("Female", 4, 1, 0), "age": dim("18-23", 3, 1, 0), **unanswered()},
+        "malformed": EXPECTED_CONFIDENCE[1]["malformed"],
+    },
+]
+
+# Hand-written calibration, on the s = S/M scale with M = 3 samples per user:
+# gender cuts 0.5, 1.0, 1.5, 2.5: u_b s = 6/3 = 2.0   > 0.5, 1.0, 1.5 -> level 4
+#                                 u_a s = 4/3 = 1.33  > 0.5, 1.0      -> level 3
+# age cuts 0.5, 1.5, 1.8, 2.2:    u_b s = 5/3 = 1.67  > 0.5, 1.5      -> level 3
+#                                 u_a s = 3/3 = 1.0   > 0.5           -> level 2
+# other dimensions: S = 0 -> level 1
+CALIBRATION = {
+    "method": "equal_frequency",
+    "scale": "S/M",
+    "cuts": {
+        "gender": [0.5, 1.0, 1.5, 2.5],
+        "age": [0.5, 1.5, 1.8, 2.2],
+        **{k: [1.0, 2.0, 3.0, 4.0] for k in OTHER_DIMS},
+    },
+}
+LEVELS = {"u_b": {"gender": 4, "age": 3}, "u_a": {"gender": 3, "age": 2}}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def samples_file(tmp_path):
+    return write_jsonl(tmp_path / "samples.jsonl", SAMPLES)
+
+
+@pytest.fixture
+def calibration_file(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(CALIBRATION), encoding="utf-8")
+    return path
+
+
+def run_vote(samples, out, *extra):
+    return main(["vote", "--samples", str(samples), "--out", str(out), *extra])
+
+
+# ---------------------------------------------------------------- happy paths
+
+
+def test_vote_confidence(samples_file, tmp_path, capsys):
+    out = tmp_path / "profiles.jsonl"
+    assert run_vote(samples_file, out) == 0
+    assert read_jsonl(out) == EXPECTED_CONFIDENCE
+    summary = capsys.readouterr().out
+    assert "2 users" in summary and "6 samples" in summary
+    # per dimension over both users: gender 0 + 1, age 0 + 1, others 3 + 3
+    assert "gender=1, age=1, industry=6, occupation=6, education=6, life_stage=6" in summary
+
+
+def test_vote_majority(samples_file, tmp_path):
+    out = tmp_path / "profiles.jsonl"
+    assert run_vote(samples_file, out, "--voting", "majority") == 0
+    assert read_jsonl(out) == EXPECTED_MAJORITY
+
+
+def test_vote_with_calibration(samples_file, calibration_file, tmp_path):
+    out = tmp_path / "profiles.jsonl"
+    assert run_vote(samples_file, out, "--calibration", str(calibration_file)) == 0
+    records = read_jsonl(out)
+    assert [r["user_id"] for r in records] == ["u_b", "u_a"]
+    for record, expected in zip(records, EXPECTED_CONFIDENCE):
+        levels = {**LEVELS[record["user_id"]], **{k: 1 for k in OTHER_DIMS}}
+        assert {k: v["confidence"] for k, v in record["profile"].items()} == levels
+        # Without --threshold the tags and scores are the plain vote.
+        assert {k: v["tag"] for k, v in record["profile"].items()} == {k: v["tag"] for k, v in expected["profile"].items()}
+        assert {k: v["score"] for k, v in record["profile"].items()} == {k: v["score"] for k, v in expected["profile"].items()}
+
+
+@pytest.mark.parametrize(
+    "tau, tags",
+    [
+        # levels: u_b gender 4, age 3; u_a gender 3, age 2 -> below tau becomes NA
+        (1, {"u_b": ("Male", "31-40"), "u_a": ("Female", "18-23")}),
+        (3, {"u_b": ("Male", "31-40"), "u_a": ("Female", "NA")}),
+        (4, {"u_b": ("Male", "NA"), "u_a": ("NA", "NA")}),
+        (5, {"u_b": ("NA", "NA"), "u_a": ("NA", "NA")}),
+    ],
+)
+def test_vote_threshold_turns_low_confidence_tags_into_na(samples_file, calibration_file, tmp_path, tau, tags):
+    out = tmp_path / "profiles.jsonl"
+    assert run_vote(samples_file, out, "--calibration", str(calibration_file), "--threshold", str(tau)) == 0
+    records = read_jsonl(out)
+    got = {r["user_id"]: (r["profile"]["gender"]["tag"], r["profile"]["age"]["tag"]) for r in records}
+    assert got == tags
+    for record in records:
+        assert {k: record["profile"][k]["tag"] for k in OTHER_DIMS} == {k: "NA" for k in OTHER_DIMS}
+        assert record["profile"]["gender"]["confidence"] == LEVELS[record["user_id"]]["gender"]
+
+
+def test_vote_with_custom_taxonomy(tmp_path):
+    tax = tmp_path / "pets.yaml"
+    tax.write_text(
+        textwrap.dedent(
+            """\
+            dimensions:
+              pet:
+                labels: [Dog, Cat, NA]
+            """
+        ),
+        encoding="utf-8",
+    )
+    # S_Cat = 2+2 = 4, S_Dog = 3 -> Cat, votes 2, margin 1; user id may be an integer.
+    samples = write_jsonl(
+        tmp_path / "pets.jsonl",
+        [
+            {"user_id": 7, "sample_idx": 0, "text": "<pet><tag>cat</tag><score>2</score></pet>"},
+            {"user_id": 7, "sample_idx": 1, "text": "<pet><tag>Dog</tag><score>medium</score></pet>"},
+            {"user_id": 7, "sample_idx": 2, "text": "<pet><tag>Cat</tag><score>low</score></pet>"},
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+    assert run_vote(samples, out, "--taxonomy", str(tax)) == 0
+    assert read_jsonl(out) == [{"user_id": 7, "profile": {"pet": dim("Cat", 4, 2, 1)}, "malformed": {"pet": 0}}]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def run_error(capsys, samples, out, *extra):
+    code = run_vote(samples, out, *extra)
+    err = capsys.readouterr().err
+    assert code == 2
+    return err
+
+
+def test_broken_json_line(tmp_path, capsys):
+    path = tmp_path / "broken.jsonl"
+    good = json.dumps(SAMPLES[0])
+    path.write_text(good + "\n\n" + '{"user_id": "u", "sample_idx": 1, "text": ' + "\n", encoding="utf-8")
+    err = run_error(capsys, path, tmp_path / "out.jsonl")
+    assert "broken.jsonl:3" in err  # the blank line 2 still counts
+
+
+def test_missing_field(tmp_path, capsys):
+    records = [SAMPLES[0], SAMPLES[1], {"user_id": "u_c", "sample_idx": 0, "model": "teacher"}]
+    err = run_error(capsys, write_jsonl(tmp_path / "nofield.jsonl", records), tmp_path / "out.jsonl")
+    assert "nofield.jsonl:3" in err and "text" in err
+
+
+def test_wrongly_typed_field(tmp_path, capsys):
+    records = [dict(SAMPLES[0], sample_idx="0")]
+    err = run_error(capsys, write_jsonl(tmp_path / "typed.jsonl", records), tmp_path / "out.jsonl")
+    assert "typed.jsonl:1" in err and "sample_idx" in err
+
+
+def test_duplicate_sample(tmp_path, capsys):
+    records = SAMPLES[:3] + [dict(SAMPLES[1], text="again")]  # (u_a, 0) repeated on line 4
+    err = run_error(capsys, write_jsonl(tmp_path / "dup.jsonl", records), tmp_path / "out.jsonl")
+    assert "dup.jsonl:4" in err and "duplicate" in err
+
+
+def test_threshold_without_calibration_is_an_error(samples_file, tmp_path, capsys):
+    err = run_error(capsys, samples_file, tmp_path / "out.jsonl", "--threshold", "3")
+    assert "--threshold" in err and "--calibration" in err
+
+
+def test_missing_samples_file(tmp_path, capsys):
+    err = run_error(capsys, tmp_path / "nowhere.jsonl", tmp_path / "out.jsonl")
+    assert "nowhere.jsonl" in err
+
+
+def test_malformed_calibration_file(samples_file, tmp_path, capsys):
+    cal = tmp_path / "bad_cal.json"
+    cal.write_text('{"cuts": {"gender": [3, 2, 1, 0]}}', encoding="utf-8")
+    err = run_error(capsys, samples_file, tmp_path / "out.jsonl", "--calibration", str(cal))
+    assert "bad_cal.json" in err
+
+
+def test_calibration_without_every_dimension(samples_file, tmp_path, capsys):
+    cal = tmp_path / "partial_cal.json"
+    cal.write_text(json.dumps({"method": "equal_frequency", "cuts": {"gender": [1, 2, 3, 4]}}), encoding="utf-8")
+    err = run_error(capsys, samples_file, tmp_path / "out.jsonl", "--calibration", str(cal))
+    assert "partial_cal.json" in err and "age" in err
+
+
+# ---------------------------------------------------------------- installed console script
+
+
+def test_console_script_is_installed():
+    assert CONSOLE_SCRIPT.exists(), CONSOLE_SCRIPT
+
+
+def test_console_script_vote(samples_file, calibration_file, tmp_path):
+    out = tmp_path / "profiles.jsonl"
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "vote", "--samples", str(samples_file), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_jsonl(out) == EXPECTED_CONFIDENCE
+    assert "2 users" in proc.stdout
+
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "vote", "--samples", str(samples_file), "--out", str(out), "--voting", "majority",
+         "--calibration", str(calibration_file), "--threshold", "3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(out)
+    # majority picks 24-30 for u_b with the same S = 3 -> s = 1.0 -> age level 2 < 3 -> NA
+    assert [(r["profile"]["gender"]["tag"], r["profile"]["age"]["tag"]) for r in records] == [("Male", "NA"), ("Female", "NA")]
+
+
+def test_console_script_errors(tmp_path):
+    path = write_jsonl(tmp_path / "dup.jsonl", [SAMPLES[0], SAMPLES[0]])
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "vote", "--samples", str(path), "--out", str(tmp_path / "o.jsonl")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "dup.jsonl:2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "vote", "--samples", str(path), "--out", str(tmp_path / "o.jsonl"), "--threshold", "7"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2  # argparse: 7 is not a level
+
+
+# ---------------------------------------------------------------- import hygiene
+
+
+def test_core_imports_neither_verl_nor_torch():
+    code = (
+        "import sys, json\n"
+        "import verl_confprofile\n"
+        "import verl_confprofile.cli, verl_confprofile.aggregate, verl_confprofile.jsonl\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('verl', 'torch'))\n"
+        "print(json.dumps(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
