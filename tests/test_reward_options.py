@@ -1,0 +1,71 @@
+"""Reward manager options and the start-up capacity rule, without Ray."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from verl_confprofile.reward.manager import streaming_overflow
+from verl_confprofile.reward.options import DEFAULTS, read_options
+
+
+def test_defaults_are_the_papers():
+    options = read_options(None)
+    spec = options.spec
+    assert (spec.voting, spec.weighting, spec.use_labels) == ("confidence", "frozen", "never")
+    assert (spec.format_penalty, spec.weight_min, spec.weight_max) == (-1.0, 0.2, 1.0)
+    assert options.taxonomy.keys == ("gender", "age", "industry", "occupation", "education", "life_stage")
+    assert set(DEFAULTS) == {
+        "taxonomy", "voting", "weighting", "format_penalty", "weight_min", "weight_max", "use_labels", "group_timeout_s"
+    }
+
+
+def test_options_from_an_omegaconf_block():
+    options = read_options(OmegaConf.create({"voting": "majority", "weight_min": 0.0, "group_timeout_s": 5}))
+    assert options.spec.voting == "majority" and options.spec.weight_min == 0.0 and options.group_timeout_s == 5.0
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ({"votng": "majority"}, "unknown option(s) votng"),
+        ({"voting": "plurality"}, "confprofile.voting='plurality'"),
+        ({"weighting": "frozen_ref"}, "confprofile.weighting='frozen_ref'"),
+        ({"use_labels": "always"}, "confprofile.use_labels='always'"),
+        ({"group_timeout_s": 0}, "confprofile.group_timeout_s=0"),
+        ({"weight_min": 0.9, "weight_max": 0.5}, "weight_min=0.9 exceeds weight_max=0.5"),
+        ({"format_penalty": "high"}, "confprofile.format_penalty='high'"),
+        ({"taxonomy": "/no/such/taxonomy.yaml"}, "/no/such/taxonomy.yaml"),
+    ],
+)
+def test_bad_options_are_errors_naming_the_option(block, message):
+    with pytest.raises(ValueError) as err:
+        read_options(block)
+    assert message in str(err.value)
+
+
+def config(batch, n, workers, **extra):
+    return OmegaConf.create(
+        {
+            "data": {"train_batch_size": batch},
+            "actor_rollout_ref": {"rollout": {"n": n}},
+            "reward": {"num_workers": workers, "reward_model": {"enable": False, "enable_resource_pool": False}},
+            "algorithm": {"adv_estimator": extra.get("estimator", "grpo")},
+        }
+    )
+
+
+def test_capacity_rule_worked_by_hand():
+    # T = 128 x 32 = 4096. W=8: mean 512, sd sqrt(4096 * 1/8 * 7/8) = 21.17, 512 + 127 = 639 < 1000: accepted.
+    assert streaming_overflow(config(128, 32, 8)) is None
+    # W=4: 1024 + ... >= 1000: refused; W=5 is the first accepted (819.2 + 6 * 25.6 = 972.8).
+    message = streaming_overflow(config(128, 32, 4))
+    assert "reward.num_workers=4" in message and "Fix: set reward.num_workers=5" in message
+    # REMAX adds one greedy rollout per prompt: T = 128 x 8 + 128 = 1152 on one worker (sd 0) -> refused;
+    # W=2: 576 + 6 * sqrt(1152 / 4) = 576 + 101.8 = 677.8 -> the fix says 2.
+    assert "Fix: set reward.num_workers=2" in streaming_overflow(config(128, 8, 1, estimator="remax"))
+    assert streaming_overflow(config(128, 7, 1)) is None  # 896 < 1000 with one worker (sd 0)
+
+
+def test_no_capacity_limit_when_rewards_are_computed_in_chunks():
+    cfg = config(128, 32, 1)
+    cfg.reward.reward_model.enable = True  # colocated reward model: one compute_rm_score call per worker
+    assert streaming_overflow(cfg) is None
