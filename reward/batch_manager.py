@@ -56,7 +56,7 @@ class ConfProfileBatchRewardManager(AbstractRewardManager):
                 extra = row["extra_info"][i] if "extra_info" in row else None
                 reward = rollout_reward(parsed[i], targets(votes, labels, spec, tax), ref_confidence_of(extra), spec, tax)
                 reward_tensor[i, max(lengths[i], 1) - 1] = reward.total
-                for key, value in extra_info(reward, votes, labels, tax, members=len(members), partial=False, late=False).items():
+                for key, value in extra_info(reward, votes, labels, tax, members=len(members), partial=False).items():
                     infos[key].append(value)
         if return_dict:
             return {"reward_tensor": reward_tensor, "reward_extra_info": dict(infos)}

@@ -72,19 +72,67 @@ def streaming_overflow(config, capacity: int = ACTOR_CONCURRENCY) -> str | None:
     )
 
 
-_BOARDS: dict[str, ray.actor.ActorHandle] = {}
+class BoardClient:
+    """This worker's side of the vote board: one Ray call per batch, not per rollout.
+
+    Members posted in the same event-loop turn go to the board in one ``submit`` call, and the
+    results of all this worker's groups come back through one long-polling ``poll`` loop, so a
+    step costs a few board calls per worker instead of one per rollout.
+    """
+
+    def __init__(self, board: ray.actor.ActorHandle, worker: str):
+        self.board, self.worker = board, worker
+        self.pending: list[tuple] = []
+        self.waiters: dict[str, list[asyncio.Future]] = {}
+        self.poller: asyncio.Task | None = None
+
+    async def vote(self, uid: str, member: tuple, expected: int, timeout_s: float) -> dict:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiters.setdefault(uid, []).append(future)
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((uid, member, expected, timeout_s))
+        if self.poller is None or self.poller.done():
+            self.poller = loop.create_task(self._poll())
+        return await future
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self.board.submit.remote(self.worker, batch)
+
+    async def _poll(self) -> None:
+        try:
+            while self.waiters:
+                for uid, result in await self.board.poll.remote(self.worker):
+                    for future in self.waiters.pop(uid, ()):
+                        if not future.done():
+                            future.set_result(result)
+        except Exception as exc:  # the board is gone: every waiting member falls back
+            waiters, self.waiters = self.waiters, {}
+            for future in (f for fs in waiters.values() for f in fs):
+                if not future.done():
+                    future.set_exception(exc)
 
 
-def vote_board(taxonomy: dict, voting: str) -> ray.actor.ActorHandle:
-    """The named board actor for this taxonomy and voting method, created by whoever asks first."""
+_CLIENTS: dict[str, BoardClient] = {}
+
+
+def board_client(taxonomy: dict, voting: str, worker: str) -> BoardClient:
+    """This process's client of the named board for a taxonomy and voting method.
+
+    The board actor is created by whichever worker asks first (``get_if_exists``); a
+    different taxonomy or voting method gets a board of its own.
+    """
     key = hashlib.sha1(json.dumps([taxonomy, voting], sort_keys=True).encode()).hexdigest()[:16]
-    if key not in _BOARDS:
-        _BOARDS[key] = (
+    if key not in _CLIENTS:
+        board = (
             ray.remote(VoteBoard)
             .options(name=f"confprofile_vote_board_{key}", get_if_exists=True, max_concurrency=BOARD_CONCURRENCY, num_cpus=0)
             .remote(taxonomy, voting)
         )
-    return _BOARDS[key]
+        _CLIENTS[key] = BoardClient(board, worker)
+    return _CLIENTS[key]
 
 
 @register("confprofile")
@@ -120,12 +168,12 @@ class ConfProfileRewardManager(RewardManagerBase):
         row = item.non_tensor_batch
         labels = labels_of((row.get("reward_model") or {}).get("ground_truth"))
         info_row = row.get("extra_info")
-        group = {"votes": {}, "members": 0, "partial": False, "late": False}
+        group = {"votes": {}, "members": 0, "partial": False}
         if not (spec.use_labels == "when_present" and covered_by_labels(labels, tax)):
             group = await self._group_vote(row.get("uid"), parsed, is_validation(info_row))
         votes = {k: Vote(*v) for k, v in group["votes"].items()}
         reward = rollout_reward(parsed, targets(votes, labels, spec, tax), ref_confidence_of(info_row), spec, tax)
-        info = extra_info(reward, votes, labels, tax, members=group["members"], partial=group["partial"], late=group["late"])
+        info = extra_info(reward, votes, labels, tax, members=group["members"], partial=group["partial"])
         return {"reward_score": reward.total, "reward_extra_info": info}
 
     def _decode(self, item) -> str:
@@ -133,24 +181,24 @@ class ConfProfileRewardManager(RewardManagerBase):
         length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
         return self.tokenizer.decode(response_ids[:length], skip_special_tokens=True)
 
+    def _client(self) -> BoardClient:
+        return board_client(self._taxonomy_dict, self.options.spec.voting, self.worker)
+
     async def _group_vote(self, uid, parsed, validation: bool) -> dict:
-        member = tuple((o.tag, o.score) for o in parsed.values())
         if uid is None:  # not a GRPO group: the rollout is its own group
             return self._local_vote(parsed, partial=False)
         self._ensure_watchdog()
-        board = vote_board(self._taxonomy_dict, self.options.spec.voting)
+        member = tuple((o.tag, o.score) for o in parsed.values())
         try:
-            return await board.submit.remote(
-                str(uid), member, self.group_size[validation], self.options.group_timeout_s, self.worker
-            )
+            return await self._client().vote(str(uid), member, self.group_size[validation], self.options.group_timeout_s)
         except Exception as exc:  # the board died or is unreachable: score alone rather than fail the step
             logger.warning("confprofile: vote board unavailable (%s); scoring the rollout against itself", exc)
-            _BOARDS.clear()
+            _CLIENTS.clear()
             return self._local_vote(parsed, partial=True)
 
     def _local_vote(self, parsed, partial: bool) -> dict:
         votes = vote_profile([parsed], self.options.taxonomy, self.options.spec.voting)
-        return {"votes": {k: tuple(v) for k, v in votes.items()}, "members": 1, "partial": partial, "late": False}
+        return {"votes": {k: tuple(v) for k, v in votes.items()}, "members": 1, "partial": partial}
 
     def _ensure_watchdog(self) -> None:
         if self._watchdog is None or self._watchdog.done():
@@ -169,8 +217,7 @@ class ConfProfileRewardManager(RewardManagerBase):
             if self._open >= ACTOR_CONCURRENCY and self._resolved == seen:
                 stuck_since = stuck_since or now
                 if now - stuck_since >= STUCK_AFTER_S:
-                    board = vote_board(self._taxonomy_dict, self.options.spec.voting)
-                    freed = await board.relieve.remote(self.worker, ACTOR_CONCURRENCY // 4)
+                    freed = await self._client().board.relieve.remote(self.worker, ACTOR_CONCURRENCY // 4)
                     logger.warning(
                         "confprofile: all %d call slots of this reward worker held waiting groups; voted groups "
                         "early on the members present to free %d (raise reward.num_workers to avoid this)",

@@ -55,15 +55,14 @@ def extra_info(
     *,
     members: int,
     partial: bool,
-    late: bool,
 ) -> dict[str, float]:
     """``reward_extra_info`` of one rollout: flat numeric keys, identical for every rollout.
 
     Per dimension: well_formed, agree (with the target), weight used, na (answered NA), the
     group's vote margin, labelled (the row has a valid gold label) and label_match (the quasi
     ground truth equals it: pseudo-label accuracy is sum(label_match) / sum(labelled)).
-    Per rollout: the group members voted, partial (voted before all members arrived), late
-    (arrived after the vote) and ref_missing (dimensions lacking a reference confidence).
+    Per rollout: the group members voted, partial (voted before all expected members arrived)
+    and ref_missing (dimensions lacking a reference confidence).
     """
     info: dict[str, float] = {}
     for dim in taxonomy:
@@ -81,6 +80,5 @@ def extra_info(
         info[prefix + "label_match"] = float(label is not None and vote is not None and vote.tag == label)
     info["confprofile/group_members"] = float(members)
     info["confprofile/partial"] = float(partial)
-    info["confprofile/late"] = float(late)
     info["confprofile/ref_missing"] = float(sum(p.ref_missing for p in reward.parts.values()))
     return info

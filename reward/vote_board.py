@@ -1,9 +1,10 @@
 """The vote board: gathers the members of a GRPO group from every reward worker and votes once.
 
 verl 0.9 scores each rollout alone (``run_single``), on whichever ``RewardLoopWorker`` actor it
-was sent to, so the members of one group (one ``uid``) are spread over processes. Each member's
-call posts its parsed answer here and waits; the board votes the group (Eq. 6) exactly once and
-answers every member with the same frozen result. A group is voted when:
+was sent to, so the members of one group (one ``uid``) are spread over processes. Workers post
+their parsed members here (``submit``, batched per worker) and collect the results of their
+groups by long polling (``poll``); the board votes each group (Eq. 6) exactly once and sends
+the same frozen result to every worker holding one of its members. A group is voted when:
 
 - ``expected`` members have arrived (the normal case);
 - ``timeout_s`` has passed since its first member arrived (a member that never comes: an
@@ -13,10 +14,10 @@ answers every member with the same frozen result. A group is voted when:
   them inside Ray and cannot start, so waiting cannot help. The board votes, over the members
   present, the fullest groups waiting in that worker until enough slots are free (partial).
 
-A member arriving after its group was voted gets the frozen result, marked late (padding
-duplicates and stragglers). A voted group is forgotten ``timeout_s`` after its vote, so the
-state holds at most the groups of the last ``timeout_s`` seconds and nothing accumulates
-across steps. This class is plain asyncio; ``reward.manager`` runs it as a named Ray actor.
+A member arriving after its group was voted gets the frozen result (padding duplicates and
+stragglers). A voted group is forgotten ``timeout_s`` after its vote, so the state holds at
+most the groups of the last ``timeout_s`` seconds and nothing accumulates across steps. This
+class is plain asyncio; ``reward.manager`` runs it as a named Ray actor.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ Member = tuple[tuple[str | None, int | None], ...]
 
 
 class _Group:
-    __slots__ = ("members", "expected", "timeout_s", "waiting", "result", "done", "forget_at")
+    __slots__ = ("members", "expected", "timeout_s", "waiting", "result", "forget_at")
 
     def __init__(self, expected: int, timeout_s: float):
         self.members: list[Member] = []
@@ -42,7 +43,6 @@ class _Group:
         self.timeout_s = timeout_s
         self.waiting: Counter = Counter()
         self.result: dict | None = None
-        self.done = asyncio.Event()
         self.forget_at = float("inf")
 
 
@@ -55,28 +55,37 @@ class VoteBoard:
         self.sweep_s = sweep_s
         self.groups: dict[str, _Group] = {}
         self._timers: list[tuple[float, str]] = []
+        self._outbox: dict[str, list[tuple[str, dict]]] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
         self._sweeper: asyncio.Task | None = None
         self.counters: Counter = Counter()
 
-    async def submit(self, uid: str, member: Member, expected: int, timeout_s: float, worker: str) -> dict:
-        """Add one member and wait for its group's vote; returns the group's frozen result."""
-        group = self.groups.get(uid)
-        if group is None:
-            group = self.groups[uid] = _Group(max(1, int(expected)), float(timeout_s))
-            self._schedule(time.monotonic() + group.timeout_s, uid)
-        if group.result is not None:
-            self.counters["late_members"] += 1
-            return {**group.result, "late": True}
-        group.members.append(member)
-        if len(group.members) >= group.expected:
-            self._resolve(uid, group, "complete")
-        else:
+    def submit(self, worker: str, entries: list[tuple[str, Member, int, float]]) -> None:
+        """Add (uid, member, expected, timeout_s) entries from one worker; results come by ``poll``."""
+        for uid, member, expected, timeout_s in entries:
+            group = self.groups.get(uid)
+            if group is None:
+                group = self.groups[uid] = _Group(max(1, int(expected)), float(timeout_s))
+                self._schedule(time.monotonic() + group.timeout_s, uid)
+            if group.result is not None:
+                self.counters["late_members"] += 1
+                self._send(worker, uid, group.result)
+                continue
+            group.members.append(member)
             group.waiting[worker] += 1
+            if len(group.members) >= group.expected:
+                self._resolve(uid, group, "complete")
+
+    async def poll(self, worker: str, wait_s: float = 1.0) -> list[tuple[str, dict]]:
+        """The (uid, result) pairs voted for ``worker`` since its last poll; waits up to ``wait_s``."""
+        wake = self._wakeups.setdefault(worker, asyncio.Event())
+        if not self._outbox.get(worker):
             try:
-                await group.done.wait()
-            finally:
-                group.waiting[worker] -= 1
-        return {**group.result, "late": False}
+                await asyncio.wait_for(wake.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        wake.clear()
+        return self._outbox.pop(worker, [])
 
     def relieve(self, worker: str, slots: int) -> int:
         """Vote early the fullest groups waiting in ``worker`` until ``slots`` calls are freed."""
@@ -92,7 +101,12 @@ class VoteBoard:
 
     def stats(self) -> dict:
         """Live state sizes and lifetime counters, for monitoring and tests."""
-        return {"groups": len(self.groups), "timers": len(self._timers), **self.counters}
+        undelivered = sum(len(v) for v in self._outbox.values())
+        return {"groups": len(self.groups), "timers": len(self._timers), "undelivered": undelivered, **self.counters}
+
+    def _send(self, worker: str, uid: str, result: dict) -> None:
+        self._outbox.setdefault(worker, []).append((uid, result))
+        self._wakeups.setdefault(worker, asyncio.Event()).set()
 
     def _resolve(self, uid: str, group: _Group, reason: str) -> None:
         votes = {d.key: tuple(vote((m[i] for m in group.members), d, self.voting)) for i, d in enumerate(self.taxonomy)}
@@ -106,7 +120,10 @@ class VoteBoard:
         }
         group.forget_at = time.monotonic() + group.timeout_s
         self._schedule(group.forget_at, uid)
-        group.done.set()
+        for worker, waiting in group.waiting.items():
+            if waiting:
+                self._send(worker, uid, group.result)
+        group.waiting.clear()
 
     def _schedule(self, when: float, uid: str) -> None:
         heapq.heappush(self._timers, (when, uid))

@@ -1,5 +1,7 @@
-"""The vote board's group logic, driven directly on an asyncio loop (no Ray).
+"""The vote board and the workers' board client, driven on one asyncio loop without Ray.
 
+``Handle`` gives a plain VoteBoard the calling convention of a Ray actor handle
+(``board.method.remote(...)``), so the real BoardClient runs against it.
 Taxonomy for hand-worked votes: gender [Female, Male, NA], age [young, old, NA].
 """
 
@@ -8,7 +10,33 @@ import random
 
 import pytest
 
+from verl_confprofile.reward.manager import BoardClient
 from verl_confprofile.reward.vote_board import VoteBoard
+
+
+class Handle:
+    def __init__(self, board: VoteBoard):
+        self.board = board
+
+    def __getattr__(self, name):
+        method = getattr(self.board, name)
+
+        class Remote:
+            @staticmethod
+            def remote(*args):
+                result = method(*args)
+                if asyncio.iscoroutine(result):
+                    return asyncio.ensure_future(result)
+                future = asyncio.get_running_loop().create_future()
+                future.set_result(result)
+                return future
+
+        return Remote
+
+
+def clients(board, n):
+    handle = Handle(board)
+    return [BoardClient(handle, f"w{i}") for i in range(n)]
 
 TAXONOMY = {
     "na_label": "NA",
@@ -33,9 +61,8 @@ def run(coro):
 def test_complete_group_same_vote_for_all_members_in_any_order():
     async def main(order):
         board = VoteBoard(TAXONOMY, "confidence")
-        tasks = [
-            asyncio.create_task(board.submit("g", GROUP[i], 4, 30.0, f"w{i % 2}")) for i in order
-        ]
+        workers = clients(board, 2)
+        tasks = [asyncio.create_task(workers[i % 2].vote("g", GROUP[i], 4, 30.0)) for i in order]
         return await asyncio.gather(*tasks)
 
     for seed in range(5):
@@ -45,15 +72,15 @@ def test_complete_group_same_vote_for_all_members_in_any_order():
         assert all(r == results[0] for r in results)
         assert results[0]["votes"]["gender"] == ("Female", 8.0, 2, 2.0, 4)
         assert results[0]["votes"]["age"] == ("young", 4.0, 2, 2.0, 3)
-        assert results[0]["members"] == 4 and not results[0]["partial"] and not results[0]["late"]
+        assert results[0]["members"] == 4 and not results[0]["partial"]
         assert results[0]["reason"] == "complete"
 
 
 def test_majority_board():
     # majority on gender: counts tie 2-2, then S 8 > 6 -> Female, margin in votes 2-2 = 0.
     async def main():
-        board = VoteBoard(TAXONOMY, "majority")
-        return await asyncio.gather(*(board.submit("g", m, 4, 30.0, "w") for m in GROUP))
+        (client,) = clients(VoteBoard(TAXONOMY, "majority"), 1)
+        return await asyncio.gather(*(client.vote("g", m, 4, 30.0) for m in GROUP))
 
     result = run(main())[0]
     assert result["votes"]["gender"] == ("Female", 8.0, 2, 0.0, 4)
@@ -62,8 +89,9 @@ def test_majority_board():
 def test_missing_member_times_out_with_partial_vote_and_late_member_gets_frozen_vote():
     async def main():
         board = VoteBoard(TAXONOMY, "confidence", sweep_s=0.01)
-        first = await asyncio.gather(*(board.submit("g", m, 4, 0.2, "w") for m in GROUP[:3]))
-        late = await board.submit("g", GROUP[3], 4, 0.2, "w")
+        client, other = clients(board, 2)
+        first = await asyncio.gather(*(client.vote("g", m, 4, 0.2) for m in GROUP[:3]))
+        late = await other.vote("g", GROUP[3], 4, 0.2)
         return first, late, board.stats()
 
     first, late, stats = run(main())
@@ -72,36 +100,40 @@ def test_missing_member_times_out_with_partial_vote_and_late_member_gets_frozen_
     assert first[0]["votes"]["age"] == ("young", 3.0, 1, 1.0, 2)
     assert all(r == first[0] for r in first)
     assert first[0]["partial"] and first[0]["reason"] == "timeout" and first[0]["members"] == 3
-    assert late["late"] and late["votes"] == first[0]["votes"]
+    assert late == first[0]
     assert stats["groups_timeout"] == 1 and stats["late_members"] == 1
 
 
 def test_relieve_votes_fullest_waiting_group_of_that_worker():
     async def main():
         board = VoteBoard(TAXONOMY, "confidence")
-        big = [asyncio.create_task(board.submit("big", m, 8, 60.0, "w1")) for m in GROUP[:3]]
-        small = [asyncio.create_task(board.submit("small", GROUP[0], 8, 60.0, "w1"))]
-        other = [asyncio.create_task(board.submit("other", GROUP[0], 8, 60.0, "w2")) for _ in range(5)]
+        w0, w1 = clients(board, 2)
+        big = [asyncio.create_task(w0.vote("big", m, 8, 60.0)) for m in GROUP[:3]]
+        small = [asyncio.create_task(w0.vote("small", GROUP[0], 8, 60.0))]
+        other = [asyncio.create_task(w1.vote("other", GROUP[0], 8, 60.0)) for _ in range(5)]
         await asyncio.sleep(0.05)
-        freed = board.relieve("w1", 2)
+        freed = board.relieve("w0", 2)
         done = await asyncio.gather(*big)
         pending = [t for t in small + other if not t.done()]
-        for t in pending:
+        for t in pending + [w0.poller, w1.poller]:
             t.cancel()
         return freed, done, len(pending)
 
     freed, done, still_waiting = run(main())
-    assert freed == 3  # the fullest group of w1 ("big", 3 waiting) is enough for 2 slots
+    assert freed == 3  # the fullest group of w0 ("big", 3 waiting) is enough for 2 slots
     assert all(r["reason"] == "overflow" and r["partial"] and r["members"] == 3 for r in done)
-    assert still_waiting == 6  # "small" (w1) and "other" (w2) keep waiting
+    assert still_waiting == 6  # "small" (w0) and "other" (w1) keep waiting
 
 
 def test_state_is_released_after_each_step():
     async def main():
         board = VoteBoard(TAXONOMY, "confidence", sweep_s=0.01)
+        workers = clients(board, 2)
         sizes = []
         for step in range(1000):
-            await asyncio.gather(*(board.submit(f"s{step}-g{g}", m, 4, 0.02, "w") for g in range(2) for m in GROUP))
+            await asyncio.gather(
+                *(workers[i % 2].vote(f"s{step}-g{g}", m, 4, 0.02) for g in range(2) for i, m in enumerate(GROUP))
+            )
             sizes.append(board.stats()["groups"])
             await asyncio.sleep(0.002)  # a step takes time; groups must not outlive their grace period
         await asyncio.sleep(0.2)
@@ -111,14 +143,14 @@ def test_state_is_released_after_each_step():
     # Voted groups linger only for their grace period (0.02 s, about 10 steps here): without release
     # the board would hold all 2000.
     assert max(sizes) < 200
-    assert final["groups"] == 0 and final["timers"] == 0
+    assert final["groups"] == 0 and final["timers"] == 0 and final["undelivered"] == 0
     assert final["groups_complete"] == 2000
 
 
 def test_group_of_one_resolves_immediately():
     async def main():
-        board = VoteBoard(TAXONOMY, "confidence")
-        return await asyncio.wait_for(board.submit("solo", GROUP[2], 1, 60.0, "w"), 5)
+        (client,) = clients(VoteBoard(TAXONOMY, "confidence"), 1)
+        return await asyncio.wait_for(client.vote("solo", GROUP[2], 1, 60.0), 5)
 
     result = run(main())
     assert result["votes"]["gender"] == ("Female", 4.0, 1, 4.0, 1)
@@ -128,7 +160,7 @@ def test_group_of_one_resolves_immediately():
 @pytest.mark.parametrize("expected", [0, -3])
 def test_nonpositive_expected_counts_as_one(expected):
     async def main():
-        board = VoteBoard(TAXONOMY, "confidence")
-        return await asyncio.wait_for(board.submit("x", GROUP[0], expected, 60.0, "w"), 5)
+        (client,) = clients(VoteBoard(TAXONOMY, "confidence"), 1)
+        return await asyncio.wait_for(client.vote("x", GROUP[0], expected, 60.0), 5)
 
     assert run(main())["members"] == 1
