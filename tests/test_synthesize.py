@@ -1,0 +1,430 @@
+"""``confprofile synthesize`` end to end.
+
+The openai backend runs its real client code path (``openai.AsyncOpenAI`` over HTTP) against
+an OpenAI-compatible server started on 127.0.0.1 by each test; the server is the only fake.
+It identifies every request by the user's clue keyphrase in the prompt and the sample index
+in the seed (the tests pass ``--seed 1000``, so sample i is sent with seed 1000 + i), counts
+requests per (user, sample), and follows a per-test script: answer, fail with a status, or stall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from verl_confprofile.cli import main
+from verl_confprofile.data_prep.simulated import SimulatedPopulation
+from verl_confprofile.profile_format import parse_profile
+from verl_confprofile.taxonomy import Taxonomy
+
+SEED = 1000
+MODEL = "teacher-x"
+STALL = "stall"
+
+
+def answer(user: str, idx: int) -> str:
+    return f"<gender><evidence>sample {idx} of {user}</evidence><tag>Female</tag><score>4</score></gender>"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        teacher: Teacher = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        user = re.search(r"clue-(\w+)", body["messages"][-1]["content"]).group(1)
+        idx = body["seed"] - SEED
+        with teacher.cond:
+            teacher.attempts[user, idx] += 1
+            attempt = teacher.attempts[user, idx]
+            teacher.bodies.append(body)
+            teacher.in_flight += 1
+            teacher.max_in_flight = max(teacher.max_in_flight, teacher.in_flight)
+            teacher.cond.notify_all()
+            if teacher.gate:
+                width, total = teacher.gate
+                teacher.cond.wait_for(lambda: teacher.in_flight >= width or teacher.in_flight + teacher.finished >= total, timeout=5)
+        reply = teacher.script(user, idx, attempt)
+        if reply == STALL:
+            teacher.released.wait(30)
+        with teacher.cond:  # done before the answer leaves, so the count never exceeds the client's
+            teacher.in_flight -= 1
+            teacher.finished += 1
+            teacher.cond.notify_all()
+        if isinstance(reply, int):
+            status, payload = reply, {"error": {"message": f"scripted {reply} for {user}", "type": "test"}}
+        else:
+            status, payload = 200, {
+                "id": f"chatcmpl-{user}-{idx}-{attempt}", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(user, idx), **(reply or {})},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+            }
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up on a stalled request and closed the connection
+            pass
+
+
+class Teacher(ThreadingHTTPServer):
+    """A scripted OpenAI-compatible /v1/chat/completions endpoint on loopback.
+
+    ``script(user, idx, attempt)`` returns None (answer), a dict of extra message fields
+    (answer with them), an HTTP status (fail with it) or STALL (hold until the test ends).
+    ``gate=(width, total)`` holds each request until ``width`` are in flight at once (or all
+    the remaining ones are), so the concurrency a client reaches is deterministic.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, script=None, gate=None):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.script = script or (lambda user, idx, attempt: None)
+        self.gate = gate
+        self.cond = threading.Condition()
+        self.attempts: Counter = Counter()
+        self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = self.finished = 0
+        self.released = threading.Event()
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.released.set()
+        self.shutdown()
+        self.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def teacher(monkeypatch):
+    """Start Teacher servers for a test; all are stopped at its end. The client reaches them directly."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    servers: list[Teacher] = []
+
+    def start(script=None, gate=None) -> Teacher:
+        servers.append(Teacher(script, gate))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def write_records(path, users, extra_lines=()):
+    with open(path, "w", encoding="utf-8") as fh:
+        for user in users:
+            rec = {"user_id": user, "behaviors": {"watched": [f"clue-{user}", "cooking at home"], "searched": [f"{user} exam scores"]},
+                   "demographics": {"region": "Chengdu"}}
+            fh.write(json.dumps(rec) + "\n")
+        for line in extra_lines:
+            fh.write(line + "\n")
+    return str(path)
+
+
+def read_samples(path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def synthesize(records, out, server, *extra, num_samples=2):
+    argv = ["synthesize", "--records", records, "--out", str(out), "--backend", "openai", "--model", MODEL,
+            "--num-samples", str(num_samples), "--base-url", server.base_url, "--seed", str(SEED),
+            "--timeout", "10", "--retry-delay", "0.01", "--max-retries", "4", *extra]
+    return main(argv)
+
+
+def pairs(samples) -> list[tuple[str, int]]:
+    return sorted((s["user_id"], s["sample_idx"]) for s in samples)
+
+
+@pytest.mark.parametrize("reasoning_field", ["reasoning_content", "reasoning"])
+def test_openai_writes_every_sample_with_the_prompt_and_reasoning(tmp_path, teacher, capsys, reasoning_field):
+    server = teacher(lambda user, idx, attempt: {reasoning_field: f"thinking about {user}"} if user == "u0" else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2"], ['{"user_id": "u3", "behaviors": {"watched": []}}'])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server, "--temperature", "0.7", "--max-tokens", "512") == 0
+
+    samples = read_samples(out)
+    assert pairs(samples) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1), ("u2", 0), ("u2", 1)]
+    for s in samples:
+        assert set(s) == {"user_id", "sample_idx", "model", "text"}
+        assert s["model"] == "teacher-x"
+    texts = {(s["user_id"], s["sample_idx"]): s["text"] for s in samples}
+    assert texts["u0", 1] == ("<think>thinking about u0</think>\n<gender><evidence>sample 1 of u0</evidence>"
+                              "<tag>Female</tag><score>4</score></gender>")
+    assert texts["u2", 0] == "<gender><evidence>sample 0 of u2</evidence><tag>Female</tag><score>4</score></gender>"
+    assert server.attempts == {(u, i): 1 for u in ("u0", "u1", "u2") for i in (0, 1)}
+
+    body = next(b for b in server.bodies if "clue-u1" in b["messages"][-1]["content"])
+    assert body["model"] == "teacher-x" and body["temperature"] == 0.7 and body["max_tokens"] == 512
+    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    assert "Female; Male; NA" in system and "18-23" in system and "Not Employed" in system
+    assert "<life_stage>" in system and "1 (very low)" in system
+    assert "clue-u1" in user and "cooking at home" in user and "u1 exam scores" in user and "Chengdu" in user
+
+    stdout = capsys.readouterr().out
+    assert "read 3 users" in stdout
+    assert f"skipped 1 records: no_behaviors (first at {records}:4)" in stdout
+    assert "wrote 6 samples" in stdout
+
+
+def test_custom_taxonomy_changes_the_prompt(tmp_path, teacher):
+    server = teacher()
+    taxonomy = tmp_path / "pets.yaml"
+    taxonomy.write_text("na_label: NA\ndimensions:\n  pet:\n    name: Pet\n    labels: [Cat, Dog, NA]\n")
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+
+    assert synthesize(records, tmp_path / "samples.jsonl", server, "--taxonomy", str(taxonomy), num_samples=1) == 0
+
+    system = server.bodies[0]["messages"][0]["content"]
+    assert "- Pet (<pet>): Cat; Dog; NA" in system
+    assert "<gender>" not in system
+
+
+def test_rate_limits_and_server_errors_are_retried(tmp_path, teacher):
+    # (u0, 0): 429, 429, then an answer; (u1, 1): 500, 503, 429, then an answer; the rest answer at once.
+    failures = {("u0", 0): [429, 429], ("u1", 1): [500, 503, 429]}
+    server = teacher(lambda user, idx, attempt: (failures.get((user, idx)) or [])[attempt - 1:attempt][0]
+                     if attempt <= len(failures.get((user, idx), [])) else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2"])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server) == 0
+
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1), ("u2", 0), ("u2", 1)]
+    assert server.attempts == {("u0", 0): 3, ("u0", 1): 1, ("u1", 0): 1, ("u1", 1): 4, ("u2", 0): 1, ("u2", 1): 1}
+
+
+def test_stalled_requests_time_out_and_are_retried(tmp_path, teacher):
+    stalled = {("u1", 0), ("u2", 1)}
+    server = teacher(lambda user, idx, attempt: STALL if (user, idx) in stalled and attempt == 1 else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2"])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server, "--timeout", "1.5") == 0
+
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1), ("u2", 0), ("u2", 1)]
+    assert server.attempts[("u1", 0)] == 2 and server.attempts[("u2", 1)] == 2
+    assert sum(server.attempts.values()) == 8
+
+
+def test_retries_run_out_and_the_sample_is_reported(tmp_path, teacher, capsys):
+    server = teacher(lambda user, idx, attempt: 503 if (user, idx) == ("u1", 0) else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server, "--max-retries", "2") == 2
+
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 1)]
+    assert server.attempts[("u1", 0)] == 3  # the first try and two retries
+    err = capsys.readouterr().err
+    assert "1 of 4 samples failed" in err
+    assert "HTTP 503: scripted 503 for u1 (gave up after 3 attempts)" in err
+
+
+def test_an_endpoint_that_never_answers_stops_the_run(tmp_path, teacher, capsys):
+    teacher()  # only for the environment: API key set, proxies off
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = SimpleNamespace(base_url=f"http://127.0.0.1:{probe.getsockname()[1]}/v1")
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+
+    assert synthesize(records, tmp_path / "samples.jsonl", closed, "--max-retries", "1") == 2
+
+    err = capsys.readouterr().err
+    assert f"no answer from {closed.base_url}/" in err
+    assert "APIConnectionError" in err and "(gave up after 2 attempts)" in err
+
+
+def test_a_permanent_400_fails_those_samples_at_once_and_is_reported(tmp_path, teacher, capsys):
+    server = teacher(lambda user, idx, attempt: 400 if user == "u1" else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2", "u3"])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server) == 2
+
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u2", 0), ("u2", 1), ("u3", 0), ("u3", 1)]
+    assert server.attempts[("u1", 0)] == 1 and server.attempts[("u1", 1)] == 1  # a 400 is not retried
+    captured = capsys.readouterr()
+    assert "wrote 6 samples" in captured.out and "failed: 2" in captured.out
+    assert "2 of 8 samples failed" in captured.err
+    assert "2 x HTTP 400: scripted 400 for u1" in captured.err
+    assert "run the same command again to retry only them" in captured.err
+
+
+def test_resume_after_a_crash_sends_nothing_that_is_on_disk(tmp_path, teacher, capsys):
+    users = ["u0", "u1", "u2", "u3"]
+    records = write_records(tmp_path / "records.jsonl", users)
+    out = tmp_path / "samples.jsonl"
+
+    # First run: one request at a time; the endpoint answers 5 requests, then refuses the key (401),
+    # which stops the run the way a crash would: 5 samples on disk, in order.
+    first = teacher(lambda user, idx, attempt: 401 if sum(first.attempts.values()) > 5 else None)
+    assert synthesize(records, out, first, "--concurrency", "1", num_samples=3) == 2
+    assert "HTTP 401" in capsys.readouterr().err
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u0", 2), ("u1", 0), ("u1", 1)]
+
+    # Lose a line as well (an edited file): (u0, 1) must be drawn again.
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(line for line in lines if '"u0", "sample_idx": 1' not in line))
+
+    second = teacher()
+    assert synthesize(records, out, second, num_samples=3) == 0
+
+    on_disk_before = {("u0", 0), ("u0", 2), ("u1", 0), ("u1", 1)}
+    assert not on_disk_before & set(second.attempts)
+    assert second.attempts == {pair: 1 for pair in [("u0", 1), ("u1", 2)] + [(u, i) for u in ("u2", "u3") for i in range(3)]}
+    assert pairs(read_samples(out)) == [(u, i) for u in users for i in range(3)]  # each once: nothing lost or doubled
+    assert "4 already in" in capsys.readouterr().out
+
+    # Everything on disk: a third run sends nothing; asking for more samples sends only the new indices.
+    third = teacher()
+    assert synthesize(records, out, third, num_samples=3) == 0
+    assert not third.attempts
+    assert synthesize(records, out, third, num_samples=4) == 0
+    assert third.attempts == {(u, 3): 1 for u in users}
+
+
+def test_ctrl_c_keeps_finished_samples_and_a_rerun_resumes(tmp_path, teacher, capsys):
+    users = ["u0", "u1", "u2"]
+    records = write_records(tmp_path / "records.jsonl", users)
+    out = tmp_path / "samples.jsonl"
+
+    def interrupt_at_the_fourth(user, idx, attempt):
+        if sum(first.attempts.values()) == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this request is open
+            return STALL
+        return None
+
+    first = teacher(interrupt_at_the_fourth)
+    with pytest.raises(SystemExit) as stopped:
+        synthesize(records, out, first, "--concurrency", "1")
+    assert stopped.value.code == 130
+    captured = capsys.readouterr()
+    assert "wrote 3 samples" in captured.out
+    assert "interrupted; finished samples are in" in captured.err
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 0)]
+
+    second = teacher()
+    assert synthesize(records, out, second) == 0
+    assert second.attempts == {("u1", 1): 1, ("u2", 0): 1, ("u2", 1): 1}
+    assert pairs(read_samples(out)) == [(u, i) for u in users for i in (0, 1)]
+
+
+def test_concurrency_bound_is_respected(tmp_path, teacher):
+    server = teacher(gate=(3, 12))
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2", "u3", "u4", "u5"])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server, "--concurrency", "3") == 0
+
+    assert server.max_in_flight == 3
+    assert len(read_samples(out)) == 12
+
+
+def test_partial_last_line_is_cut_off_and_reported(tmp_path, teacher, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+    done = [{"user_id": "u0", "sample_idx": i, "model": MODEL, "text": answer("u0", i)} for i in (0, 1)]
+    partial = '{"user_id": "u1", "sample_idx": 0, "model": "teach'  # 50 bytes, no newline: an interrupted write
+    out.write_text("".join(json.dumps(s) + "\n" for s in done) + partial)
+
+    server = teacher()
+    assert synthesize(records, out, server) == 0
+
+    assert "removed an incomplete last line (50 bytes)" in capsys.readouterr().out
+    samples = read_samples(out)  # every line parses
+    assert samples[:2] == done
+    assert pairs(samples) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1)]
+    assert server.attempts == {("u1", 0): 1, ("u1", 1): 1}
+
+
+def test_an_output_file_of_another_model_is_refused(tmp_path, teacher, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    out = tmp_path / "samples.jsonl"
+    out.write_text(json.dumps({"user_id": "u0", "sample_idx": 0, "model": "other-teacher", "text": ""}) + "\n")
+
+    server = teacher()
+    assert synthesize(records, out, server) == 2
+
+    assert f"{out}:1: a sample of model 'other-teacher', not 'teacher-x'" in capsys.readouterr().err
+    assert not server.attempts
+
+
+def test_missing_api_key_is_a_clear_error(tmp_path, teacher, monkeypatch, capsys):
+    server = teacher()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+
+    assert synthesize(records, tmp_path / "samples.jsonl", server) == 2
+
+    assert "set the environment variable OPENAI_API_KEY" in capsys.readouterr().err
+    assert not (tmp_path / "samples.jsonl").exists()
+
+
+def test_simulated_backend_is_well_formed_and_deterministic(tmp_path):
+    taxonomy = Taxonomy.load(None)
+    population = SimulatedPopulation(taxonomy, seed=3)
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(population.record(f"s{k}")) + "\n" for k in range(4)))
+    argv = ["synthesize", "--records", str(records), "--backend", "simulated", "--num-samples", "3", "--seed", "3", "--out"]
+
+    assert main(argv + [str(tmp_path / "a.jsonl")]) == 0
+    assert main(argv + [str(tmp_path / "b.jsonl")]) == 0
+
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    samples = read_samples(tmp_path / "a.jsonl")
+    assert pairs(samples) == [(f"s{k}", i) for k in range(4) for i in range(3)]
+    assert {s["model"] for s in samples} == {"simulated-teacher"}
+    for s in samples:
+        assert s["text"] == population.sample_text(s["user_id"], s["sample_idx"])
+    well_formed = sum(d.well_formed for s in samples for d in parse_profile(s["text"], taxonomy).values())
+    assert well_formed >= 0.8 * len(samples) * len(taxonomy.keys)
+
+
+def test_simulated_backend_refuses_a_model_name(tmp_path, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    argv = ["synthesize", "--records", records, "--out", str(tmp_path / "s.jsonl"), "--backend", "simulated",
+            "--model", "gpt-x", "--num-samples", "1"]
+    assert main(argv) == 2
+    assert "not a model" in capsys.readouterr().err
+
+
+def test_vllm_missing_gives_install_advice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    argv = ["synthesize", "--records", records, "--out", str(tmp_path / "s.jsonl"), "--backend", "vllm",
+            "--model", "Qwen/Qwen3-8B", "--num-samples", "2"]
+
+    assert main(argv) == 2
+
+    err = capsys.readouterr().err
+    assert "pip install 'verl-confprofile[vllm]'" in err
+    assert "vllm serve" in err and "--backend openai" in err
+    assert not (tmp_path / "s.jsonl").exists()
