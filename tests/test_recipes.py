@@ -1,0 +1,134 @@
+"""Every recipe, checked against verl's real config schema.
+
+Each recipe runs with DRY_RUN=1, which prints its commands. Every verl command it would launch
+is then run with ``--cfg job`` (verl composes the config and rejects unknown keys, no GPU
+needed), and the composed values are compared with the paper's settings and the ablation.
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS = [
+    "main", "sft_majority", "no_calibration", "shape_original", "shape_uniform", "shape_v",
+    "shape_inverted_v", "self_confidence", "rl_majority", "profile_llm",
+]
+
+
+def dry_run(name: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["bash", str(ROOT / "recipes" / "run_ablation.sh"), name],
+        env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout
+    return [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ ")]
+
+
+def composed(command: list[str]) -> dict:
+    """The config verl composes for a recipe's main_ppo or sft_trainer command."""
+    module = command[command.index("-m") + 1]
+    args = command[command.index("-m") + 2 :]
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--cfg", "job"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return yaml.safe_load(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    commands = {name: dry_run(name) for name in ABLATIONS}
+    verl_commands = [(name, i, c) for name, cs in commands.items() for i, c in enumerate(cs) if "-m" in c]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        configs = dict(zip([(n, i) for n, i, _ in verl_commands], pool.map(composed, [c for _, _, c in verl_commands])))
+    return {name: [(c, configs.get((name, i))) for i, c in enumerate(cs)] for name, cs in commands.items()}
+
+
+def step(recipe, program):
+    """(command, composed config) of the first command of a recipe whose text contains ``program``."""
+    return next((c, cfg) for c, cfg in recipe if program in " ".join(c))
+
+
+def grpo(recipe):
+    return step(recipe, "verl.trainer.main_ppo")[1]
+
+
+def test_main_grpo_has_the_papers_settings(recipes):
+    cfg = grpo(recipes["main"])
+    actor, rollout = cfg["actor_rollout_ref"]["actor"], cfg["actor_rollout_ref"]["rollout"]
+    assert cfg["data"]["train_batch_size"] == 128
+    assert actor["use_kl_loss"] is True and actor["kl_loss_coef"] == 0.001
+    assert actor["optim"]["lr"] == 1e-6
+    assert rollout["n"] == 32 and rollout["temperature"] == 1.0 and rollout["top_p"] == 0.95
+    assert cfg["trainer"]["total_training_steps"] == 45
+    assert cfg["algorithm"]["adv_estimator"] == "grpo"
+    assert cfg["reward"]["reward_manager"]["name"] == "confprofile"
+    assert cfg["data"]["train_files"] == "data/grpo/rl_train.parquet"
+    assert cfg["confprofile"] == {
+        "taxonomy": "profilebench", "voting": "confidence", "weighting": "frozen", "format_penalty": -1.0,
+        "weight_min": 0.2, "weight_max": 1.0, "use_labels": "never", "group_timeout_s": 300,
+    }
+
+
+def test_main_sft_has_the_papers_settings(recipes):
+    command, cfg = step(recipes["main"], "verl.trainer.sft_trainer")
+    assert command[0] == "torchrun"
+    assert cfg["optim"]["lr"] == 1e-5
+    assert cfg["data"]["train_batch_size"] == 32
+    assert cfg["trainer"]["total_epochs"] == 2
+    assert cfg["model"]["lora_rank"] == 0  # full-parameter
+    assert cfg["model"]["path"] == "Qwen/Qwen3-8B"
+    assert cfg["data"]["train_files"] == "data/sft/sft_train.parquet" and cfg["data"]["messages_key"] == "messages"
+
+
+def test_voting_ablation_changes_only_the_sft_data(recipes):
+    prep, _ = step(recipes["sft_majority"], "build-sft")
+    assert prep[prep.index("--voting") + 1] == "majority"
+    assert step(recipes["sft_majority"], "sft_trainer")[1]["data"]["train_files"] == "data/sft_majority/sft_train.parquet"
+    assert not any("main_ppo" in " ".join(c) for c, _ in recipes["sft_majority"])
+
+
+def test_calibration_ablation_runs_both_stages_on_linear_data(recipes):
+    recipe = recipes["no_calibration"]
+    assert "--no-calibration" in step(recipe, "build-sft")[0]
+    rl_prep = step(recipe, "build-rl")[0]
+    assert rl_prep[rl_prep.index("--calibration") + 1] == "data/sft_linear/calibration.json"
+    assert grpo(recipe)["data"]["train_files"] == "data/grpo_linear/rl_train.parquet"
+    assert grpo(recipe)["actor_rollout_ref"]["model"]["path"] == "checkpoints/confprofile/sft_linear/huggingface"
+
+
+@pytest.mark.parametrize("shape", ["original", "uniform", "v", "inverted_v"])
+def test_shape_ablations_are_one_data_option_and_the_matching_train_files(recipes, shape):
+    recipe = recipes[f"shape_{shape}"]
+    prep = step(recipe, "build-rl")[0]
+    assert prep.count("--shape") == 1 and prep[prep.index("--shape") + 1] == shape
+    cfg = grpo(recipe)
+    assert cfg["data"]["train_files"] == f"data/grpo_shape_{shape}/rl_train.parquet"
+    assert cfg["confprofile"]["weighting"] == "frozen"
+
+
+def test_reward_variants_are_single_overrides(recipes):
+    assert grpo(recipes["self_confidence"])["confprofile"]["weighting"] == "self"
+    assert grpo(recipes["rl_majority"])["confprofile"]["voting"] == "majority"
+    assert grpo(recipes["self_confidence"])["confprofile"]["voting"] == "confidence"
+
+
+def test_profile_llm_baseline_uses_no_confidence(recipes):
+    recipe = recipes["profile_llm"]
+    sft_prep = step(recipe, "build-sft")[0]
+    assert "--no-calibration" in sft_prep and sft_prep[sft_prep.index("--voting") + 1] == "majority"
+    rl_prep = step(recipe, "build-rl")[0]
+    assert rl_prep[rl_prep.index("--shape") + 1] == "original"
+    cfg = grpo(recipe)["confprofile"]
+    assert (cfg["voting"], cfg["weighting"]) == ("majority", "none")
+
+
+def test_unknown_ablation_is_refused():
+    done = subprocess.run(["bash", str(ROOT / "recipes" / "run_ablation.sh"), "nope"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown ablation: nope" in done.stderr
