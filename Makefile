@@ -18,7 +18,7 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	mkdir -p $(OUT)
-	$(BIN)/confprofile vote --samples demo/samples.jsonl --out $(OUT)/profiles.jsonl
+	$(BIN)/confprofile demo --out $(OUT)/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

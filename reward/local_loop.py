@@ -26,16 +26,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 
-def compose_ppo_config(overrides: list[str]) -> DictConfig:
-    """verl's ``ppo_trainer`` config with command-line style overrides, resolved."""
+def compose_ppo_config(
+    overrides: list[str], config_dir: str | None = None, config_name: str = "ppo_trainer"
+) -> DictConfig:
+    """A trainer config as ``main_ppo --config-path DIR --config-name NAME [overrides]`` composes it.
+
+    Defaults to verl's own ``ppo_trainer``; pass this package's configs folder and
+    ``confprofile_grpo`` for the recipe's config.
+    """
     import verl
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    config_dir = config_dir or os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        config = compose(config_name="ppo_trainer", overrides=list(overrides))
+    with initialize_config_dir(config_dir=os.path.abspath(config_dir), version_base=None):
+        config = compose(config_name=config_name, overrides=list(overrides))
     OmegaConf.resolve(config)
     return config
 

@@ -1,8 +1,14 @@
-"""The ``confprofile`` command line: one subcommand per pipeline stage."""
+"""The ``confprofile`` command line: one subcommand per pipeline stage.
+
+``vote`` lives here; every other stage is a module in COMMAND_MODULES exposing
+``add_parser(subparsers)``, which adds its subcommand with ``set_defaults(func=...)``. Those
+modules keep heavy imports (pyarrow, ray, torch) inside their functions so ``--help`` is fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections import Counter
 from typing import Sequence
@@ -16,6 +22,9 @@ from .voting import VOTING_METHODS
 def _vote(args: argparse.Namespace) -> None:
     taxonomy = Taxonomy.load(args.taxonomy)
     calibrator = Calibrator.load(args.calibration) if args.calibration else None
+    missing = [k for k in taxonomy.keys if calibrator is not None and k not in calibrator.cuts]
+    if missing:
+        raise InputError(f"{args.calibration}: no cut points for {', '.join(missing)} (calibrated: {', '.join(calibrator.cuts) or 'none'})")
     if args.threshold is not None and calibrator is None:
         raise InputError("--threshold needs --calibration: without it a profile has no confidence level")
     from .aggregate import read_samples, vote_users
@@ -31,6 +40,15 @@ def _vote(args: argparse.Namespace) -> None:
     print(f"voted {len(users)} users from {n_samples} samples -> {args.out}; malformed samples per dimension: {bad}")
 
 
+COMMAND_MODULES: tuple[str, ...] = (
+    "verl_confprofile.data_prep.synthesize",
+    "verl_confprofile.data_prep.build_sft",
+    "verl_confprofile.data_prep.build_rl",
+    "verl_confprofile.evaluate",
+    "verl_confprofile.demo",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="confprofile", description="Label-free, confidence-driven user profiling (Conf-Profile) for verl.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -43,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     vote.add_argument("--threshold", type=int, choices=range(1, 6), metavar="TAU", help="tags with confidence below TAU become NA")
     vote.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
     vote.set_defaults(func=_vote)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 

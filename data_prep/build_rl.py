@@ -1,0 +1,173 @@
+"""``confprofile build-rl``: records + the student's samples + the saved calibrator -> the RL set (section 4.3).
+
+The samples are one offline pass of the SFT model over the RL pool (M per user). Per user:
+
+- ``ref_confidence``: the frozen reference confidence of each dimension, the calibrator saved by
+  build-sft applied to the S of the student's vote (level 1..5; 1 for a dimension without any
+  well-formed sample, the calibrator's level for S = 0);
+- ``difficulty``: the equal-frequency level 1..5, over the pool, of the mean of those levels
+  (see ``difficulty``);
+
+then the pool is filtered by ``--shape`` (and ``--size``, ``--seed``) with ``difficulty.select``.
+
+Rows follow verl's RLHFDataset schema as the reward manager reads them (reward/rows.py):
+``data_source`` "confprofile", ``prompt`` (the chat), ``ability`` "profiling", ``reward_model``
+{"style": "model", "ground_truth": JSON of the record's labels with canonical spellings, or ""},
+``extra_info`` {"user_id", "index" (row number), "split": "train", "ref_confidence", "difficulty"}.
+
+Writes to --out: rl_train.parquet, report.json and difficulty.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+
+from verl_confprofile.calibration import LEVELS, Calibrator
+from verl_confprofile.jsonl import InputError
+from verl_confprofile.taxonomy import Taxonomy
+
+from . import difficulty
+from .engine import PromptBudget, UserVote, cyclic_gc_paused, add_common_arguments, make_engine, prepare, prompt_budget, prompt_report, write_json, write_parquet
+
+DATA_SOURCE = "confprofile"
+ABILITY = "profiling"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("build-rl", help="build the RL set from student samples (reference confidence, difficulty filtering)")
+    p.add_argument("--samples", required=True, help="student samples JSONL (one offline pass of the SFT model): user_id, sample_idx, model, text")
+    p.add_argument("--calibration", required=True, help="calibration.json written by build-sft")
+    add_common_arguments(p)
+    p.add_argument("--shape", default=difficulty.ORIGINAL, help=f"difficulty shape: {', '.join((difficulty.ORIGINAL, *difficulty.SHAPES))} or 'w1,w2,w3,w4,w5' (default: original, no filtering)")
+    p.add_argument("--size", type=int, metavar="N", help="number of users to keep (default: the most the shape allows)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    report = build_rl(
+        args.records,
+        args.samples,
+        args.calibration,
+        args.out,
+        taxonomy=Taxonomy.load(args.taxonomy),
+        voting=args.voting,
+        shape=args.shape,
+        size=args.size,
+        seed=args.seed,
+        budget=prompt_budget(args.tokenizer, args.max_prompt_length),
+        engine=args.engine,
+    )
+    counts, skipped = report["counts"], report["skipped"]
+    left_out = ", ".join(f"{k}={v['count']}" for k, v in skipped.items()) or "none"
+    print(
+        f"build-rl: {counts['rows']} rows of {counts['users_kept']} eligible users, shape {args.shape} "
+        f"(left out: {left_out}) -> {args.out}"
+    )
+
+
+def load_calibrator(path: str, taxonomy: Taxonomy) -> Calibrator:
+    """The saved calibrator; it must have cut points for every dimension of the taxonomy."""
+    calibrator = Calibrator.load(path)
+    missing = [k for k in taxonomy.keys if k not in calibrator.cuts]
+    if missing:
+        raise InputError(f"{path}: no cut points for {', '.join(missing)} (calibrated: {', '.join(calibrator.cuts) or 'none'})")
+    return calibrator
+
+
+def ref_confidence(user: UserVote, calibrator: Calibrator) -> dict[str, int]:
+    """Frozen reference confidence level of every dimension (1 when it has no well-formed sample)."""
+    return {key: calibrator.transform(key, v.score, user.num_samples) for key, v in user.votes.items()}
+
+
+def ground_truth(labels: dict, taxonomy: Taxonomy) -> tuple[str, int]:
+    """``reward_model.ground_truth``: the labels as JSON, canonically spelled ('' when unlabelled),
+    and the number of labels outside the taxonomy (kept verbatim; the reward ignores them)."""
+    if not labels:
+        return "", 0
+    out, outside = {}, 0
+    for key, raw in labels.items():
+        label = taxonomy[key].canonical(raw) if key in taxonomy.keys and isinstance(raw, str) else None
+        outside += label is None
+        out[key] = raw if label is None else label
+    return json.dumps(out, ensure_ascii=False), outside
+
+
+@cyclic_gc_paused()
+def build_rl(
+    records: str,
+    samples: str,
+    calibration: str,
+    out: str,
+    *,
+    taxonomy: Taxonomy,
+    voting: str = "confidence",
+    shape: str = difficulty.ORIGINAL,
+    size: int | None = None,
+    seed: int = 0,
+    budget: PromptBudget | None = None,
+    engine: str = "local",
+) -> dict:
+    """Build rl_train.parquet in ``out`` and return the report (also written to report.json)."""
+    calibrator = load_calibrator(calibration, taxonomy)
+    weights = difficulty.parse_shape(shape)
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine))
+    refs = [ref_confidence(v, calibrator) for v in prep.votes]
+    means = [difficulty.aggregate_confidence(r.values()) for r in refs]
+    levels, cuts = difficulty.difficulty_levels(means)
+    selection = difficulty.select(levels, weights, size, seed)
+
+    rows, labelled, outside = [], 0, 0
+    ref_counts = {k: Counter() for k in taxonomy.keys}
+    malformed, unanswered = Counter(), Counter()
+    for i in selection.indices:
+        record, user, ref = prep.records[i], prep.votes[i], refs[i]
+        truth, n_outside = ground_truth(record["labels"], taxonomy)
+        labelled += bool(truth)
+        outside += n_outside
+        for key, v in user.votes.items():
+            ref_counts[key][ref[key]] += 1
+            malformed[key] += user.num_samples - v.n_valid
+            unanswered[key] += v.tag is None
+        rows.append({
+            "data_source": DATA_SOURCE,
+            "prompt": prep.prompts[i].messages,
+            "ability": ABILITY,
+            "reward_model": {"style": "model", "ground_truth": truth},
+            "extra_info": {"user_id": record["user_id"], "index": len(rows), "split": "train", "ref_confidence": ref, "difficulty": levels[i]},
+        })
+
+    os.makedirs(out, exist_ok=True)
+    write_parquet(rows, os.path.join(out, "rl_train.parquet"))
+    report = {
+        "command": "build-rl",
+        "inputs": {"records": records, "samples": samples, "calibration": calibration, "taxonomy": taxonomy.source},
+        "options": {"voting": voting, "shape": shape, "size": size, "seed": seed, "engine": engine},
+        "counts": {**prep.counts, "rows": len(rows), "labelled_rows": labelled, "labels_outside_taxonomy": outside},
+        "skipped": prep.skips.to_dict(),
+        "prompts": prompt_report(prep, budget),
+        "difficulty": {
+            "aggregation": "mean of the per-dimension reference confidence levels, equal-frequency levels over the pool",
+            "cuts": cuts,
+            "weights": [float(w) for w in selection.weights],
+            "max_size": selection.max_size,
+            "before": selection.available,
+            "after": selection.target,
+        },
+        "dimensions": {
+            key: {
+                "malformed_samples": malformed[key],
+                "unanswered_users": unanswered[key],
+                "ref_confidence": {str(lv): ref_counts[key][lv] for lv in range(1, LEVELS + 1)},
+            }
+            for key in taxonomy.keys
+        },
+        "calibration": calibrator.to_dict(),
+    }
+    write_json(report, os.path.join(out, "report.json"))
+    from .plots import difficulty_figure
+
+    difficulty_figure(os.path.join(out, "difficulty.png"), selection.available, selection.target, shape)
+    return report

@@ -1,0 +1,190 @@
+"""``confprofile build-sft``: records + teacher samples -> the SFT set of section 4.2.
+
+Per user and dimension: the voted tag and S over the teacher's M samples (Eq. 3-5), the
+calibrated confidence (``Calibrator`` fitted on the users written, equal-frequency, or the linear
+map with ``--no-calibration``) and the evidence of the best sample that voted for the winner
+(non-empty evidence first, then higher confidence, then lower sample_idx). The assistant turn
+is ``render_profile`` of these (tag, level, evidence) triples.
+
+A dimension with no well-formed sample has no S: it becomes NA with confidence 1 and the
+evidence ``NO_EVIDENCE``, is left out of the calibration fit and is counted per dimension in
+the report (``unanswered_users``).
+
+Writes to --out: sft_train.parquet (and sft_val.parquet with --val-fraction), calibration.json,
+report.json and confidence.png (Figure 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+from collections import Counter
+from typing import Sequence
+
+from verl_confprofile.calibration import LEVELS, Calibrator
+from verl_confprofile.profile_format import render_profile
+from verl_confprofile.taxonomy import Taxonomy
+
+from .engine import (
+    PromptBudget,
+    cyclic_gc_paused,
+    UserVote,
+    add_common_arguments,
+    make_engine,
+    prepare,
+    prompt_budget,
+    prompt_report,
+    write_json,
+    write_parquet,
+)
+
+NO_EVIDENCE = "No usable evidence for this dimension."
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("build-sft", help="build the SFT set from teacher samples (voting, calibration, evidence)")
+    p.add_argument("--samples", required=True, help="teacher samples JSONL: user_id, sample_idx, model, text")
+    add_common_arguments(p)
+    p.add_argument("--no-calibration", action="store_true", help="linear confidence map instead of equal-frequency levels (Table 4 ablation)")
+    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F", help="share of users written to sft_val.parquet (default 0: no split)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    report = build_sft(
+        args.records,
+        args.samples,
+        args.out,
+        taxonomy=Taxonomy.load(args.taxonomy),
+        voting=args.voting,
+        calibrate=not args.no_calibration,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        budget=prompt_budget(args.tokenizer, args.max_prompt_length),
+        engine=args.engine,
+    )
+    counts, skipped = report["counts"], report["skipped"]
+    left_out = ", ".join(f"{k}={v['count']}" for k, v in skipped.items()) or "none"
+    print(
+        f"build-sft: {counts['train_rows']} train + {counts['val_rows']} val rows from {counts['users_with_samples']} users "
+        f"with samples (left out: {left_out}) -> {args.out}"
+    )
+
+
+def fit_calibrator(votes: Sequence[UserVote], taxonomy: Taxonomy, calibrate: bool) -> Calibrator:
+    """Equal-frequency cut points fitted on the voted dimensions of ``votes``, or the linear map."""
+    if not calibrate:
+        return Calibrator.linear(taxonomy.keys)
+    scores = {
+        dim.key: [(v.votes[dim.key].score, v.num_samples) for v in votes if v.votes[dim.key].tag is not None]
+        for dim in taxonomy
+    }
+    return Calibrator().fit(scores)
+
+
+def sft_target(user: UserVote, taxonomy: Taxonomy, calibrator: Calibrator) -> dict[str, tuple[str, int, str]]:
+    """{dimension: (tag, calibrated level, evidence)} of one user; unanswered dimensions are NA, 1."""
+    target = {}
+    for dim in taxonomy:
+        v = user.votes[dim.key]
+        if v.tag is None:
+            target[dim.key] = (dim.na, 1, NO_EVIDENCE)
+        else:
+            target[dim.key] = (v.tag, calibrator.transform(dim.key, v.score, user.num_samples), user.evidence[dim.key])
+    return target
+
+
+def val_users(n: int, fraction: float, seed: int) -> set[int]:
+    """Indices of the round(fraction * n) users drawn for validation with ``random.Random(seed)``."""
+    k = int(fraction * n + 0.5)
+    if fraction and not 0 < k < n:
+        raise ValueError(f"--val-fraction {fraction} of {n} users leaves no train or no validation user")
+    return set(random.Random(seed).sample(range(n), k))
+
+
+@cyclic_gc_paused()
+def build_sft(
+    records: str,
+    samples: str,
+    out: str,
+    *,
+    taxonomy: Taxonomy,
+    voting: str = "confidence",
+    calibrate: bool = True,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    budget: PromptBudget | None = None,
+    engine: str = "local",
+) -> dict:
+    """Build the SFT files in ``out`` and return the report (also written to report.json)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine))
+    calibrator = fit_calibrator(prep.votes, taxonomy, calibrate)
+    val = val_users(len(prep.votes), val_fraction, seed)
+    stats = _DimensionStats(taxonomy)
+    train_rows, val_rows = [], []
+    for i, (record, user, fit) in enumerate(zip(prep.records, prep.votes, prep.prompts)):
+        target = sft_target(user, taxonomy, calibrator)
+        stats.add(user, target)
+        answer = {"role": "assistant", "content": render_profile(target, taxonomy)}
+        (val_rows if i in val else train_rows).append({"messages": [*fit.messages, answer], "user_id": record["user_id"]})
+
+    os.makedirs(out, exist_ok=True)
+    write_parquet(train_rows, os.path.join(out, "sft_train.parquet"))
+    if val_rows:
+        write_parquet(val_rows, os.path.join(out, "sft_val.parquet"))
+    calibrator.save(os.path.join(out, "calibration.json"))
+    report = {
+        "command": "build-sft",
+        "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
+        "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine},
+        "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
+        "skipped": prep.skips.to_dict(),
+        "prompts": prompt_report(prep, budget),
+        "dimensions": stats.to_dict(),
+        "calibration": calibrator.to_dict(),
+    }
+    write_json(report, os.path.join(out, "report.json"))
+    from .plots import confidence_figure
+
+    confidence_figure(
+        os.path.join(out, "confidence.png"), stats.before, stats.after, calibrator.cuts, {d.key: d.name for d in taxonomy}
+    )
+    return report
+
+
+class _DimensionStats:
+    """Per-dimension distributions of the users written: labels, S/M before and levels after calibration."""
+
+    def __init__(self, taxonomy: Taxonomy):
+        self.taxonomy = taxonomy
+        self.labels = {d.key: Counter() for d in taxonomy}
+        self.before = {d.key: Counter() for d in taxonomy}
+        self.after = {d.key: Counter() for d in taxonomy}
+        self.malformed = Counter()
+        self.unanswered = Counter()
+
+    def add(self, user: UserVote, target: dict[str, tuple[str, int, str]]) -> None:
+        for key, (tag, level, _) in target.items():
+            v = user.votes[key]
+            self.labels[key][tag] += 1
+            self.malformed[key] += user.num_samples - v.n_valid
+            if v.tag is None:
+                self.unanswered[key] += 1
+            else:
+                self.before[key][round(v.score / user.num_samples, 2)] += 1
+                self.after[key][level] += 1
+
+    def to_dict(self) -> dict:
+        return {
+            d.key: {
+                "malformed_samples": self.malformed[d.key],
+                "unanswered_users": self.unanswered[d.key],
+                "labels": {label: self.labels[d.key][label] for label in d.labels},
+                "confidence_before": {f"{s:.2f}": n for s, n in sorted(self.before[d.key].items())},
+                "confidence_after": {str(lv): self.after[d.key][lv] for lv in range(1, LEVELS + 1)},
+            }
+            for d in self.taxonomy
+        }

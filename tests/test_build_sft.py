@@ -1,0 +1,375 @@
+"""`confprofile build-sft`: voting, calibration, evidence, bad inputs, prompt budget, verl loading, engines.
+
+The hand-worked example uses a two-dimension taxonomy, gender [Female, Male, NA] and age
+[18-23, 24-30, NA]; every expected vote, S/M, cut point and level is worked out in the comments.
+"""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from verl_confprofile.calibration import Calibrator
+from verl_confprofile.cli import main
+from verl_confprofile.data_prep import prompt
+from verl_confprofile.data_prep.build_sft import NO_EVIDENCE
+from verl_confprofile.data_prep.engine import LocalEngine, RayEngine, VoteJob, chat_prompt, plan_chunks
+from verl_confprofile.data_prep.simulated import SimulatedPopulation
+from verl_confprofile.taxonomy import Taxonomy
+
+TAXONOMY_YAML = """
+na_label: NA
+dimensions:
+  gender: {name: Gender, labels: [Female, Male, NA]}
+  age: {name: Age, labels: ["18-23", "24-30", NA]}
+"""
+
+
+def block(dim, tag, score, evidence):
+    return f"<{dim}><evidence>{evidence}</evidence><tag>{tag}</tag><score>{score}</score></{dim}>"
+
+
+def sample(user, idx, *blocks):
+    return {"user_id": user, "sample_idx": idx, "model": "teacher", "text": "<think>reasoning</think>\n" + "\n".join(blocks)}
+
+
+def record(user, **extra):
+    return {"user_id": user, "behaviors": {"watched": [f"{user} vlog", "cooking"], "searched": ["exam tips"]},
+            "demographics": {"region": "Chengdu"}, **extra}
+
+
+RECORDS = [record("u1"), record("u2"), record("u3")]
+# Users interleaved and sample indices out of order: the engines must not depend on either.
+SAMPLES = [
+    sample("u2", 1, block("gender", "Male", 2, "g-u2-1"), block("age", "24-30", 7, "bad score")),
+    sample("u1", 0, block("gender", "Female", 5, "g-u1-0"), block("age", "24-30", 4, "a-u1-0")),
+    sample("u3", 0, block("gender", "Female", 4, ""), "<age><tag>18-23</tag></age>"),
+    sample("u1", 2, block("gender", "Male", 2, "g-u1-2"), block("age", "24-30", 2, "a-u1-2")),
+    {"user_id": "u2", "sample_idx": 2, "model": "teacher", "text": "<gender><evidence>cut off"},
+    sample("u1", 1, block("gender", "Male", 2, "g-u1-1"), block("age", "18-23", 5, "a-u1-1")),
+    sample("u2", 0, block("gender", "Male", 2, "g-u2-0"), block("age", "NA", 1, "a-u2-0")),
+    sample("u3", 1, block("gender", "Female", 3, "g-u3-1")),
+]
+# Confidence voting (Eq. 3-5), M = samples per user:
+# u1 (M=3) gender: S_Female = 5, S_Male = 2+2 = 4 -> Female, S 5, s = S/M = 1.667; evidence of its only voter, sample 0
+#          age:    S_24-30 = 4+2 = 6, S_18-23 = 5 -> 24-30, S 6, s = 2.0; best voter sample 0 (4 > 2)
+# u2 (M=3) gender: sample 2 truncated (malformed); S_Male = 2+2 = 4 -> Male, s = 1.333; tie on 2 -> lower idx, sample 0
+#          age:    sample 1 score 7 and sample 2 malformed; S_NA = 1 -> NA, s = 0.333; evidence sample 0
+# u3 (M=2) gender: S_Female = 4+3 = 7 -> Female, s = 3.5; sample 0 has empty evidence, so sample 1's ("g-u3-1")
+#          age:    no well-formed sample (no score / missing) -> unanswered: NA, level 1, NO_EVIDENCE
+# Equal-frequency fit, level(v) = min(5, 1 + floor(5 q)), q = (below + equal/2) / total:
+# gender s: 1.333 (q 1/6 -> 1), 1.667 (q 3/6 -> 3), 3.5 (q 5/6 -> 5)
+#   cuts: 1|3 -> (1.333+1.667)/2 = 1.5 twice, 3|5 -> (1.667+3.5)/2 = 2.583 twice
+#   levels: u1 1.667 -> 3, u2 1.333 -> 1, u3 3.5 -> 5
+# age s (u3 has no S and is not fitted): 0.333 (q 1/4 -> 2), 2.0 (q 3/4 -> 4)
+#   cuts: no level <= 1 -> 0.0; 2|4 -> (0.333+2)/2 = 1.1667 twice; no level > 4 -> 5.0
+#   levels: u1 2.0 -> 4, u2 0.333 -> 2
+EXPECTED_CUTS = {"gender": [1.5, 1.5, 31 / 12, 31 / 12], "age": [0.0, 7 / 6, 7 / 6, 5.0]}
+EXPECTED_TARGETS = {
+    "u1": block("gender", "Female", 3, "g-u1-0") + "\n" + block("age", "24-30", 4, "a-u1-0"),
+    "u2": block("gender", "Male", 1, "g-u2-0") + "\n" + block("age", "NA", 2, "a-u2-0"),
+    "u3": block("gender", "Female", 5, "g-u3-1") + "\n" + block("age", "NA", 1, NO_EVIDENCE),
+}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small(tmp_path):
+    """The hand-worked inputs: (taxonomy file, records, samples)."""
+    taxonomy = tmp_path / "taxonomy.yaml"
+    taxonomy.write_text(TAXONOMY_YAML, encoding="utf-8")
+    return taxonomy, write_jsonl(tmp_path / "records.jsonl", RECORDS), write_jsonl(tmp_path / "samples.jsonl", SAMPLES)
+
+
+def build_sft(records, samples, out, *extra):
+    return main(["build-sft", "--records", str(records), "--samples", str(samples), "--out", str(out), *extra])
+
+
+def rows_of(path):
+    return pq.read_table(path).to_pylist()
+
+
+def read_report(out):
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- the hand-worked example
+
+
+def test_votes_calibration_and_evidence_by_hand(small, tmp_path):
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
+    taxonomy = Taxonomy.load(str(taxonomy_file))
+
+    rows = rows_of(out / "sft_train.parquet")
+    assert [r["user_id"] for r in rows] == ["u1", "u2", "u3"]  # record order
+    for row in rows:
+        system, user, assistant = row["messages"]
+        assert [system, user] == prompt.messages(next(r for r in RECORDS if r["user_id"] == row["user_id"]), taxonomy)
+        assert assistant == {"role": "assistant", "content": EXPECTED_TARGETS[row["user_id"]]}
+    assert not (out / "sft_val.parquet").exists()
+
+    calibrator = Calibrator.load(out / "calibration.json")
+    assert calibrator.method == "equal_frequency"
+    for dim, cuts in EXPECTED_CUTS.items():
+        assert calibrator.cuts[dim] == pytest.approx(cuts)
+
+    report = read_report(out)
+    assert report["counts"] == {
+        "records": 3, "records_kept": 3, "samples": 8, "samples_used": 8,
+        "users_with_samples": 3, "users_kept": 3, "train_rows": 3, "val_rows": 0,
+    }
+    assert report["skipped"] == {}
+    assert report["dimensions"] == {
+        # malformed: gender u2#2; age u2#1 (score 7), u2#2, u3#0 (no score), u3#1 (missing)
+        "gender": {
+            "malformed_samples": 1, "unanswered_users": 0,
+            "labels": {"Female": 2, "Male": 1, "NA": 0},
+            "confidence_before": {"1.33": 1, "1.67": 1, "3.50": 1},
+            "confidence_after": {"1": 1, "2": 0, "3": 1, "4": 0, "5": 1},
+        },
+        "age": {
+            "malformed_samples": 4, "unanswered_users": 1,
+            "labels": {"18-23": 0, "24-30": 1, "NA": 2},
+            "confidence_before": {"0.33": 1, "2.00": 1},
+            "confidence_after": {"1": 0, "2": 1, "3": 0, "4": 1, "5": 0},
+        },
+    }
+    assert (out / "confidence.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_majority_voting_and_linear_map(small, tmp_path):
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file), "--voting", "majority", "--no-calibration") == 0
+    # Majority (votes, then S, then taxonomy order):
+    # u1 gender: Male 2 votes > Female 1 -> Male, S 4, s 1.333; evidence: both voters score 2 -> lower idx, sample 1
+    #    age: 24-30 2 votes -> S 6, s 2.0
+    # u2 gender Male S 4, s 1.333; age NA S 1, s 0.333.  u3 gender Female S 7, s 3.5
+    # Linear cuts 1.8, 2.6, 3.4, 4.2: 1.333 -> 1, 2.0 -> 2, 0.333 -> 1, 3.5 -> 4
+    assert Calibrator.load(out / "calibration.json").to_dict() == Calibrator.linear(["gender", "age"]).to_dict()
+    targets = {r["user_id"]: r["messages"][2]["content"] for r in rows_of(out / "sft_train.parquet")}
+    assert targets == {
+        "u1": block("gender", "Male", 1, "g-u1-1") + "\n" + block("age", "24-30", 2, "a-u1-0"),
+        "u2": block("gender", "Male", 1, "g-u2-0") + "\n" + block("age", "NA", 1, "a-u2-0"),
+        "u3": block("gender", "Female", 4, "g-u3-1") + "\n" + block("age", "NA", 1, NO_EVIDENCE),
+    }
+
+
+def test_validation_split_is_seeded(small, tmp_path):
+    taxonomy_file, records, samples = small
+    # round(0.34 * 3) = 1 user; random.Random(0).sample(range(3), 1) == [1] -> u2, Random(1) -> [0] -> u1
+    for seed, val_user in ((0, "u2"), (1, "u1")):
+        out = tmp_path / f"sft{seed}"
+        assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file), "--val-fraction", "0.34", "--seed", str(seed)) == 0
+        assert [r["user_id"] for r in rows_of(out / "sft_val.parquet")] == [val_user]
+        assert [r["user_id"] for r in rows_of(out / "sft_train.parquet")] == [u for u in ("u1", "u2", "u3") if u != val_user]
+        # The calibrator is fitted on every user written, train and validation alike.
+        assert Calibrator.load(out / "calibration.json").cuts["gender"] == pytest.approx(EXPECTED_CUTS["gender"])
+
+
+@pytest.mark.parametrize("fraction", ["0.1", "0.9", "1", "-0.2"])
+def test_bad_validation_fraction(small, tmp_path, capsys, fraction):
+    taxonomy_file, records, samples = small
+    # 0.1 * 3 rounds to 0 validation users, 0.9 * 3 to all 3: neither is a split
+    assert build_sft(records, samples, tmp_path / "sft", "--taxonomy", str(taxonomy_file), "--val-fraction", fraction) == 2
+    assert "--val-fraction" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_are_counted_and_named(small, tmp_path, capsys):
+    taxonomy_file, _, _ = small
+    records = write_jsonl(tmp_path / "bad_records.jsonl", [*RECORDS, {"user_id": "u4", "behaviors": {"watched": []}}, record("u5")])
+    samples = write_jsonl(tmp_path / "bad_samples.jsonl", [
+        *SAMPLES,  # lines 1-8
+        '{"user_id": "u1", "sample_idx": 3, "text": "<gender><evid',  # 9: broken line
+        sample("ghost", 0, block("gender", "Male", 5, "x")),  # 10: unknown user
+        sample("u1", 0, block("gender", "Male", 5, "x"), block("age", "18-23", 5, "x")),  # 11: repeats u1#0 (line 2)
+        "",  # blank lines are not samples
+        sample("u4", 0, block("gender", "Male", 5, "x")),  # 13: u4's record has no behaviour: no usable record
+    ])
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
+    err = capsys.readouterr().err
+
+    report = read_report(out)
+    skipped = report["skipped"]
+    assert {k: v["count"] for k, v in skipped.items()} == {
+        "no_behaviors": 1, "broken_line": 1, "unknown_user": 2, "duplicate_sample": 1, "no_samples": 1,
+    }
+    assert skipped["no_behaviors"]["first"] == [f"{records}:4: record has no behaviour keyphrases; skipped"]
+    assert skipped["broken_line"]["first"][0].startswith(f"{samples}:9: not a JSON line")
+    assert skipped["unknown_user"]["first"] == [
+        f"{samples}:10: user 'ghost' has no usable record; sample skipped",
+        f"{samples}:13: user 'u4' has no usable record; sample skipped",
+    ]
+    assert skipped["duplicate_sample"]["first"] == [f"{samples}:11: duplicate sample_idx 0 for user 'u1' (first at line 2); skipped"]
+    assert skipped["no_samples"]["first"] == [f"{records}: user 'u5' has no sample in {samples}; skipped"]
+    for entry in skipped.values():
+        for message in entry["first"]:
+            assert f"warning: {message}" in err
+    assert report["counts"] == {
+        "records": 5, "records_kept": 4, "samples": 12, "samples_used": 8,
+        "users_with_samples": 3, "users_kept": 3, "train_rows": 3, "val_rows": 0,
+    }
+    # What was skipped changed nothing: the rows are those of the clean inputs.
+    targets = {r["user_id"]: r["messages"][2]["content"] for r in rows_of(out / "sft_train.parquet")}
+    assert targets == EXPECTED_TARGETS
+
+
+@pytest.mark.parametrize(
+    "which, line, expected",
+    [
+        ("records", '{"user_id": "u9", "behaviors": {', "records.jsonl:2: invalid JSON"),
+        ("records", json.dumps(record("u1")), "records.jsonl:2: duplicate user_id 'u1' (first at line 1)"),
+        ("samples", json.dumps({"user_id": "u1", "sample_idx": 5}), "samples.jsonl:2: missing field 'text'"),
+        ("samples", json.dumps({"user_id": "u1", "sample_idx": "5", "text": ""}), "samples.jsonl:2: field 'sample_idx' must be int"),
+    ],
+)
+def test_input_errors_name_file_and_line(tmp_path, capsys, which, line, expected):
+    records = [json.dumps(RECORDS[0]), *([line] if which == "records" else [])]
+    samples = [json.dumps(SAMPLES[1]), *([line] if which == "samples" else [])]
+    out = tmp_path / "sft"
+    assert build_sft(write_jsonl(tmp_path / "records.jsonl", records), write_jsonl(tmp_path / "samples.jsonl", samples), out) == 2
+    err = capsys.readouterr().err
+    assert expected in err and str(tmp_path) in err
+    assert not out.exists()
+
+
+def test_no_usable_user_is_an_error(small, tmp_path, capsys):
+    _, records, _ = small
+    samples = write_jsonl(tmp_path / "samples.jsonl", [sample("ghost", 0, block("gender", "Male", 5, "x"))])
+    assert build_sft(records, samples, tmp_path / "sft") == 2
+    assert "no user left" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- real verl loading, real tokenizer
+
+
+def prompt_tokens(tokenizer, chat):
+    """Prompt length as verl's RLHFDataset counts it (chat template + generation prompt)."""
+    from verl.utils.tokenizer import normalize_token_ids
+
+    return len(normalize_token_ids(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)))
+
+
+@pytest.fixture
+def simulated(tmp_path):
+    """12 simulated users x 4 teacher samples, plus an over-long user and one that cannot fit."""
+    taxonomy = Taxonomy.load()
+    population = SimulatedPopulation(taxonomy, seed=3)
+    ids = [f"s{i:02d}" for i in range(12)]
+    records = [population.record(u, with_labels=True) for u in ids]
+    long_user = population.record("long", with_labels=True)
+    long_user["behaviors"]["watched"] = [f"daily vlog number {i}" for i in range(300)] + long_user["behaviors"]["watched"]
+    huge_user = population.record("huge")
+    huge_user["demographics"]["signature"] = "moving bricks " * 3000  # demographics are never dropped
+    records += [long_user, huge_user]
+    samples = list(population.samples([*ids, "long", "huge"], 4))
+    return taxonomy, write_jsonl(tmp_path / "sim_records.jsonl", records), write_jsonl(tmp_path / "sim_samples.jsonl", samples), records
+
+
+def test_sft_parquet_loads_in_verl_with_prompt_budget(simulated, tmp_path, qwen_tokenizer, qwen_tokenizer_dir, capsys):
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    taxonomy, records_file, samples_file, records = simulated
+    by_id = {r["user_id"]: r for r in records}
+    normal = max(prompt_tokens(qwen_tokenizer, prompt.messages(r, taxonomy)) for r in records[:12])
+    limit = normal + 20  # every simulated user fits as is; "long" needs to drop keyphrases
+    assert prompt_tokens(qwen_tokenizer, prompt.messages(by_id["long"], taxonomy)) > limit
+    out = tmp_path / "sft"
+    code = build_sft(records_file, samples_file, out, "--tokenizer", qwen_tokenizer_dir, "--max-prompt-length", str(limit), "--val-fraction", "0.25")
+    assert code == 0, capsys.readouterr().err
+
+    report = read_report(out)
+    assert report["skipped"]["prompt_too_long"]["count"] == 1
+    assert report["skipped"]["prompt_too_long"]["first"][0].startswith(f"{records_file}: user 'huge': prompt needs")
+    assert report["prompts"]["truncated_users"] == 1
+    dropped = report["prompts"]["dropped_keyphrases"]
+
+    train, val = out / "sft_train.parquet", out / "sft_val.parquet"
+    rows = rows_of(train) + rows_of(val)
+    assert sorted(r["user_id"] for r in rows) == sorted([*by_id][:13])  # all but "huge"
+    assert (len(rows_of(train)), len(rows_of(val))) == (10, 3)  # round(0.25 * 13) = 3
+
+    def count(chat):
+        return prompt_tokens(qwen_tokenizer, chat)
+
+    for row in rows:
+        chat = row["messages"][:2]
+        assert count(chat) <= limit
+        if row["user_id"] == "long":
+            # The documented rule: the fewest keyphrases dropped from the end of the longest list.
+            assert (chat, dropped) == prompt.fit_messages(by_id["long"], taxonomy, count, limit)
+            assert dropped > 0
+        else:
+            assert chat == prompt.messages(by_id[row["user_id"]], taxonomy)
+    assert report["prompts"]["longest_prompt_tokens"] == max(count(r["messages"][:2]) for r in rows) <= limit
+
+    config = OmegaConf.create({"max_length": limit + 1024, "truncation": "error", "messages_key": "messages"})
+    dataset = MultiTurnSFTDataset([str(train), str(val)], qwen_tokenizer, config)
+    assert len(dataset) == len(rows)
+    for i, row in enumerate(rows):
+        item = dataset[i]
+        trained = item["input_ids"][item["loss_mask"].bool()]
+        # Only the assistant turn is trained: its text and the end-of-turn token.
+        assert qwen_tokenizer.decode(trained) == row["messages"][2]["content"] + "<|im_end|>\n"
+
+
+def test_chat_prompt_is_prompt_messages(simulated):
+    taxonomy, _, _, records = simulated
+    for r in records:
+        assert chat_prompt(r, taxonomy) == prompt.messages(r, taxonomy)
+
+
+# ---------------------------------------------------------------- engines
+
+
+def test_plan_chunks_cut_at_line_starts(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"aaaa\nbb\ncccccc\n\nd\n")  # lines start at bytes 0, 5, 8, 15, 16; 18 bytes
+    # target 6 bytes: from 0, byte 6 is inside line 2 -> cut at its end, 8; from 8, 14 is inside
+    # line 3 -> 15; from 15, 21 is past the end -> 18
+    assert plan_chunks(str(path), 6) == [(0, 8, 1), (8, 15, 3), (15, 18, 4)]
+    assert plan_chunks(str(path), 100) == [(0, 18, 1)]
+
+
+def test_ray_engine_votes_like_local_engine(local_ray, small, tmp_path):
+    taxonomy_file, _, _ = small
+    taxonomy = Taxonomy.load(str(taxonomy_file))
+    samples = write_jsonl(tmp_path / "samples.jsonl", [
+        *SAMPLES, "{broken", sample("ghost", 0, block("gender", "Male", 5, "x")), SAMPLES[1], *SAMPLES[:3],
+    ])
+    job = VoteJob(str(samples), taxonomy, "confidence", ("u1", "u2", "u3"))
+    local = LocalEngine().vote(job)
+    ray_stage = RayEngine(chunk_bytes=300).vote(job)  # several chunks: line numbers are stitched across them
+    assert len(plan_chunks(str(samples), 300)) > 3
+    assert ray_stage == local
+    assert [(e.line, e.reason) for e in local.events] == [
+        (9, "broken_line"), (10, "unknown_user"), (11, "duplicate_sample"),
+        (12, "duplicate_sample"), (13, "duplicate_sample"), (14, "duplicate_sample"),
+    ]
+
+
+def test_ray_and_local_builds_write_the_same_rows(local_ray, simulated, tmp_path, qwen_tokenizer_dir):
+    _, records_file, samples_file, _ = simulated
+    with open(samples_file, "a", encoding="utf-8") as fh:
+        fh.write("{not json\n" + json.dumps(sample("ghost", 0, block("gender", "Male", 5, "x"))) + "\n")
+    common = ["--val-fraction", "0.25", "--tokenizer", qwen_tokenizer_dir, "--max-prompt-length", "1500"]
+    assert build_sft(records_file, samples_file, tmp_path / "local", *common) == 0
+    assert build_sft(records_file, samples_file, tmp_path / "ray", *common, "--engine", "ray") == 0
+    for name in ("sft_train.parquet", "sft_val.parquet"):
+        assert pq.read_table(tmp_path / "ray" / name).equals(pq.read_table(tmp_path / "local" / name))
+    local, ray_report = read_report(tmp_path / "local"), read_report(tmp_path / "ray")
+    assert ray_report.pop("options")["engine"] == "ray"
+    assert local.pop("options")["engine"] == "local"
+    assert ray_report == local
+    assert (tmp_path / "ray" / "calibration.json").read_text() == (tmp_path / "local" / "calibration.json").read_text()
