@@ -13,7 +13,6 @@ mix of machine load. The last line is `RESULT build_sft ratio=<build/read> peak_
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -21,8 +20,9 @@ import sys
 import tempfile
 import time
 
-from verl_confprofile.data_prep.simulated import SimulatedPopulation
 from verl_confprofile.taxonomy import Taxonomy
+
+from _common import population, size_parser, user_ids, write_samples  # this script's folder is on sys.path
 
 # Runs in the subprocess: time build-sft in process, then report wall time and peak RSS as JSON.
 CHILD = """
@@ -36,17 +36,13 @@ print(json.dumps({"code": code, "seconds": seconds, "peak_kb": resource.getrusag
 
 
 def write_inputs(directory: str, users: int, samples: int) -> tuple[str, str, int]:
-    population = SimulatedPopulation(Taxonomy.load(), seed=0, malformed_rate=0.05)
-    ids = [f"user{i:06d}" for i in range(users)]
-    records, sample_file, text_chars = os.path.join(directory, "records.jsonl"), os.path.join(directory, "samples.jsonl"), 0
+    simulated = population(Taxonomy.load())
+    ids = user_ids(users)
+    records, sample_file = os.path.join(directory, "records.jsonl"), os.path.join(directory, "samples.jsonl")
     with open(records, "w", encoding="utf-8") as fh:
         for user_id in ids:
-            fh.write(json.dumps(population.record(user_id), ensure_ascii=False) + "\n")
-    with open(sample_file, "w", encoding="utf-8") as fh:
-        for rec in population.samples(ids, samples):
-            text_chars += len(rec["text"])
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return records, sample_file, text_chars
+            fh.write(json.dumps(simulated.record(user_id), ensure_ascii=False) + "\n")
+    return records, sample_file, write_samples(sample_file, simulated, ids, samples)
 
 
 def read_inputs(*paths: str) -> int:
@@ -68,11 +64,7 @@ def build(records: str, samples: str, out: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = size_parser(__doc__).parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         records, samples, text_chars = write_inputs(tmp, args.users, args.samples)

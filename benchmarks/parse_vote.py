@@ -10,7 +10,6 @@ Prints samples per second and path/floor; the last line is `RESULT parse_vote ra
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -18,9 +17,10 @@ import time
 
 from verl_confprofile.aggregate import read_samples
 from verl_confprofile.calibration import Calibrator
-from verl_confprofile.data_prep.simulated import SimulatedPopulation
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import vote_profile
+
+from _common import population, size_parser, user_ids, write_samples  # this script's folder is on sys.path
 
 
 def run_path(path: str, taxonomy: Taxonomy) -> int:
@@ -51,22 +51,12 @@ def best_of(repeats: int, fn, *args) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = size_parser(__doc__).parse_args()
 
     taxonomy = Taxonomy.load()
-    population = SimulatedPopulation(taxonomy, seed=0, malformed_rate=0.05)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "samples.jsonl")
-        size = 0
-        with open(path, "w", encoding="utf-8") as fh:
-            for rec in population.samples([f"user{i:06d}" for i in range(args.users)], args.samples):
-                line = json.dumps(rec, ensure_ascii=False) + "\n"
-                size += len(rec["text"])
-                fh.write(line)
+        size = write_samples(path, population(taxonomy), user_ids(args.users), args.samples)
         n = args.users * args.samples
         floor = best_of(args.repeats, run_floor, path)
         full = best_of(args.repeats, run_path, path, taxonomy)

@@ -22,9 +22,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from verl_confprofile.taxonomy import Taxonomy
 
-from .simulated import SimulatedPopulation
+from .simulated import SIMULATED_MODEL, SimulatedPopulation
 
-SIMULATED_MODEL = "simulated-teacher"
 # Retried: request timeout, rate limit, and every 5xx; other 4xx are the request's own fault.
 RETRY_STATUS = frozenset({408, 429})
 # Refused credentials, permissions, model or URL: every request would fail the same way.

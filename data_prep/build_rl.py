@@ -26,11 +26,16 @@ import os
 from collections import Counter
 
 from verl_confprofile.calibration import LEVELS, Calibrator
-from verl_confprofile.jsonl import InputError
+from verl_confprofile.jsonl import write_json
 from verl_confprofile.taxonomy import Taxonomy
 
 from . import difficulty
-from .engine import PromptBudget, UserVote, cyclic_gc_paused, add_common_arguments, make_engine, prepare, prompt_budget, prompt_report, write_json, write_parquet
+from .budget import PromptBudget
+from .build_args import add_common_arguments, common_options, left_out
+from .engine import make_engine
+from .outputs import write_parquet
+from .prepare import cyclic_gc_paused, prepare, prompt_report
+from .votes import UserVote
 
 DATA_SOURCE = "confprofile"
 ABILITY = "profiling"
@@ -52,29 +57,15 @@ def run(args: argparse.Namespace) -> None:
         args.samples,
         args.calibration,
         args.out,
-        taxonomy=Taxonomy.load(args.taxonomy),
-        voting=args.voting,
         shape=args.shape,
         size=args.size,
-        seed=args.seed,
-        budget=prompt_budget(args.tokenizer, args.max_prompt_length),
-        engine=args.engine,
+        **common_options(args),
     )
-    counts, skipped = report["counts"], report["skipped"]
-    left_out = ", ".join(f"{k}={v['count']}" for k, v in skipped.items()) or "none"
+    counts = report["counts"]
     print(
         f"build-rl: {counts['rows']} rows of {counts['users_kept']} eligible users, shape {args.shape} "
-        f"(left out: {left_out}) -> {args.out}"
+        f"(left out: {left_out(report)}) -> {args.out}"
     )
-
-
-def load_calibrator(path: str, taxonomy: Taxonomy) -> Calibrator:
-    """The saved calibrator; it must have cut points for every dimension of the taxonomy."""
-    calibrator = Calibrator.load(path)
-    missing = [k for k in taxonomy.keys if k not in calibrator.cuts]
-    if missing:
-        raise InputError(f"{path}: no cut points for {', '.join(missing)} (calibrated: {', '.join(calibrator.cuts) or 'none'})")
-    return calibrator
 
 
 def ref_confidence(user: UserVote, calibrator: Calibrator) -> dict[str, int]:
@@ -111,7 +102,7 @@ def build_rl(
     engine: str = "local",
 ) -> dict:
     """Build rl_train.parquet in ``out`` and return the report (also written to report.json)."""
-    calibrator = load_calibrator(calibration, taxonomy)
+    calibrator = Calibrator.load_for(calibration, taxonomy.keys)
     weights = difficulty.parse_shape(shape)
     prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine))
     refs = [ref_confidence(v, calibrator) for v in prep.votes]

@@ -23,21 +23,16 @@ from collections import Counter
 from typing import Sequence
 
 from verl_confprofile.calibration import LEVELS, Calibrator
+from verl_confprofile.jsonl import write_json
 from verl_confprofile.profile_format import render_profile
 from verl_confprofile.taxonomy import Taxonomy
 
-from .engine import (
-    PromptBudget,
-    cyclic_gc_paused,
-    UserVote,
-    add_common_arguments,
-    make_engine,
-    prepare,
-    prompt_budget,
-    prompt_report,
-    write_json,
-    write_parquet,
-)
+from .budget import PromptBudget
+from .build_args import add_common_arguments, common_options, left_out
+from .engine import make_engine
+from .outputs import write_parquet
+from .prepare import cyclic_gc_paused, prepare, prompt_report
+from .votes import UserVote
 
 NO_EVIDENCE = "No usable evidence for this dimension."
 
@@ -56,19 +51,14 @@ def run(args: argparse.Namespace) -> None:
         args.records,
         args.samples,
         args.out,
-        taxonomy=Taxonomy.load(args.taxonomy),
-        voting=args.voting,
         calibrate=not args.no_calibration,
         val_fraction=args.val_fraction,
-        seed=args.seed,
-        budget=prompt_budget(args.tokenizer, args.max_prompt_length),
-        engine=args.engine,
+        **common_options(args),
     )
-    counts, skipped = report["counts"], report["skipped"]
-    left_out = ", ".join(f"{k}={v['count']}" for k, v in skipped.items()) or "none"
+    counts = report["counts"]
     print(
         f"build-sft: {counts['train_rows']} train + {counts['val_rows']} val rows from {counts['users_with_samples']} users "
-        f"with samples (left out: {left_out}) -> {args.out}"
+        f"with samples (left out: {left_out(report)}) -> {args.out}"
     )
 
 

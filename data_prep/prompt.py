@@ -13,6 +13,7 @@ user that cannot fit even with no keyphrases left is reported, not silently cut.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 from verl_confprofile.profile_format import VERBAL_SCORES
@@ -27,8 +28,13 @@ CONFIDENCE_CRITERIA = {
 }
 
 
+@lru_cache(maxsize=8)
 def system_prompt(taxonomy: Taxonomy) -> str:
-    """Everything but the user: task, principles, taxonomy, confidence criteria, output format."""
+    """Everything but the user: task, principles, taxonomy, confidence criteria, output format.
+
+    Built once per taxonomy and shared by every prompt: it is the same text for every user, and
+    building it is most of the cost of a prompt.
+    """
     dims = "\n".join(f"- {d.name} (<{d.key}>): " + "; ".join(d.labels) for d in taxonomy)
     levels = {v: k for k, v in VERBAL_SCORES.items()}
     criteria = "\n".join(f"- {s} ({levels[s]}): {CONFIDENCE_CRITERIA[s]}" for s in sorted(CONFIDENCE_CRITERIA, reverse=True))

@@ -18,6 +18,8 @@ from typing import Iterator
 from verl_confprofile.profile_format import render_profile
 from verl_confprofile.taxonomy import Dimension, Taxonomy
 
+SIMULATED_MODEL = "simulated-teacher"  # the model name of every simulated sample
+
 _TOPICS = ("tips", "daily vlog", "news", "tutorial", "career talk", "discussion", "review", "stories")
 _NOISE = ("street food", "cat videos", "football highlights", "travel vlog", "mobile games", "funny clips",
           "cooking at home", "pop music", "car reviews", "fitness routine", "movie trailers", "weather")
@@ -118,7 +120,7 @@ class SimulatedPopulation:
             return text + "\n" + block
         return text[: rng.randrange(len(text) // 2, len(text) - 20)]
 
-    def samples(self, user_ids: list[str], num_samples: int, model: str = "simulated-teacher") -> Iterator[dict]:
+    def samples(self, user_ids: list[str], num_samples: int, model: str = SIMULATED_MODEL) -> Iterator[dict]:
         """Sample records in the samples-file format, user by user."""
         for user_id in user_ids:
             for idx in range(num_samples):

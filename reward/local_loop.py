@@ -142,49 +142,42 @@ def _tokens(tokenizer, rollout: Rollout) -> tuple[list[int], list[int]]:
     return prompt, response
 
 
-def rollout_batch(tokenizer, rollouts: list[Rollout]):
-    """A padded batch as the trainer holds it after generation (the chunked path's input)."""
+def _data_proto(prompts: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor, non_tensor: dict):
+    """A ``DataProto`` of prompt and response ids with their attention mask, as after generation."""
     from tensordict import TensorDict
 
     from verl import DataProto
     from verl.utils.model import compute_position_id_with_mask
 
+    tensors = {
+        "prompts": prompts,
+        "responses": responses,
+        "input_ids": torch.cat([prompts, responses], dim=1),
+        "attention_mask": mask,
+        "position_ids": compute_position_id_with_mask(mask),
+    }
+    return DataProto(batch=TensorDict(tensors, batch_size=len(prompts)), non_tensor_batch=non_tensor)
+
+
+def rollout_batch(tokenizer, rollouts: list[Rollout]):
+    """A padded batch as the trainer holds it after generation (the chunked path's input)."""
     pad = tokenizer.pad_token_id
     pairs = [_tokens(tokenizer, r) for r in rollouts]
     p_len, r_len = max(len(p) for p, _ in pairs), max(len(r) for _, r in pairs)
     prompts = torch.tensor([[pad] * (p_len - len(p)) + p for p, _ in pairs])
     responses = torch.tensor([r + [pad] * (r_len - len(r)) for _, r in pairs])
     mask = torch.tensor([[0] * (p_len - len(p)) + [1] * len(p) + [1] * len(r) + [0] * (r_len - len(r)) for p, r in pairs])
-    tensors = {
-        "prompts": prompts,
-        "responses": responses,
-        "input_ids": torch.cat([prompts, responses], dim=1),
-        "attention_mask": mask,
-        "position_ids": compute_position_id_with_mask(mask),
-    }
     keys = rollouts[0].row.keys()
     non_tensor = {k: _object_array([r.row[k] for r in rollouts]) for k in keys}
     non_tensor["raw_prompt"] = _object_array([r.prompt for r in rollouts])
-    return DataProto(batch=TensorDict(tensors, batch_size=len(rollouts)), non_tensor_batch=non_tensor)
+    return _data_proto(prompts, responses, mask, non_tensor)
 
 
 def stream_item(tokenizer, rollout: Rollout):
     """The single-row ``DataProto`` the agent loop sends to a reward worker."""
-    from tensordict import TensorDict
-
-    from verl import DataProto
-    from verl.utils.model import compute_position_id_with_mask
-
     prompt, response = _tokens(tokenizer, rollout)
     prompts, responses = torch.tensor([prompt]), torch.tensor([response])
     mask = torch.ones(1, len(prompt) + len(response), dtype=torch.int64)
-    tensors = {
-        "prompts": prompts,
-        "responses": responses,
-        "input_ids": torch.cat([prompts, responses], dim=1),
-        "attention_mask": mask,
-        "position_ids": compute_position_id_with_mask(mask),
-    }
     non_tensor = {k: _object_array([v]) for k, v in rollout.row.items()}
     non_tensor.update(
         raw_prompt=_object_array([rollout.prompt]),
@@ -192,4 +185,4 @@ def stream_item(tokenizer, rollout: Rollout):
         prompt_len=np.array([len(prompt)]),
         response_len=np.array([len(response)]),
     )
-    return DataProto(batch=TensorDict(tensors, batch_size=1), non_tensor_batch=non_tensor)
+    return _data_proto(prompts, responses, mask, non_tensor)

@@ -25,7 +25,10 @@ class Options:
 
 
 def read_options(block: Mapping[str, Any] | None) -> Options:
-    """Validate a ``confprofile`` mapping (an OmegaConf node or a dict) against DEFAULTS."""
+    """Validate a ``confprofile`` mapping (an OmegaConf node or a dict) against DEFAULTS.
+
+    An option given as null (None) takes its default, like an option left out.
+    """
     given = dict(_plain(block) or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:

@@ -4,6 +4,14 @@ import os
 
 import pytest
 
+# The taxonomy of the hand-worked reward-loop groups (test_reward_loop.py and the modules reusing them).
+TWO_DIMS_YAML = """
+na_label: NA
+dimensions:
+  gender: {labels: [Female, Male, NA]}
+  age: {labels: [young, old, NA]}
+"""
+
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir(request) -> str:
@@ -30,3 +38,11 @@ def local_ray():
     init_ray(num_cpus=int(os.environ.get("CONFPROFILE_TEST_CPUS", "2")))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def taxonomy_file(tmp_path_factory):
+    """A file holding the two-dimension taxonomy of the reward-loop tests: gender and age (young, old)."""
+    path = tmp_path_factory.mktemp("tax") / "two_dims.yaml"
+    path.write_text(TWO_DIMS_YAML)
+    return str(path)

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from test_reward_loop import EXPECTED_DEFAULT, EXPECTED_VARIANT, expected, rollouts, taxonomy_file  # noqa: F401
+from test_reward_loop import EXPECTED_DEFAULT, EXPECTED_VARIANT, expected, rollouts
 from verl_confprofile.reward.local_loop import rollout_batch
 
 

@@ -13,8 +13,9 @@ from verl_confprofile.calibration import Calibrator
 from verl_confprofile.cli import main
 from verl_confprofile.data_prep import prompt
 from verl_confprofile.data_prep.build_sft import NO_EVIDENCE
-from verl_confprofile.data_prep.engine import LocalEngine, RayEngine, VoteJob, chat_prompt, plan_chunks
+from verl_confprofile.data_prep.engine import LocalEngine, RayEngine, plan_chunks
 from verl_confprofile.data_prep.simulated import SimulatedPopulation
+from verl_confprofile.data_prep.votes import VoteJob
 from verl_confprofile.taxonomy import Taxonomy
 
 TAXONOMY_YAML = """
@@ -324,10 +325,11 @@ def test_sft_parquet_loads_in_verl_with_prompt_budget(simulated, tmp_path, qwen_
         assert qwen_tokenizer.decode(trained) == row["messages"][2]["content"] + "<|im_end|>\n"
 
 
-def test_chat_prompt_is_prompt_messages(simulated):
+def test_cached_system_prompt_is_a_fresh_render(simulated):
     taxonomy, _, _, records = simulated
+    fresh = prompt.system_prompt.__wrapped__(taxonomy)
     for r in records:
-        assert chat_prompt(r, taxonomy) == prompt.messages(r, taxonomy)
+        assert prompt.messages(r, taxonomy) == [{"role": "system", "content": fresh}, {"role": "user", "content": prompt.user_prompt(r)}]
 
 
 # ---------------------------------------------------------------- engines

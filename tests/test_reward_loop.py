@@ -1,7 +1,8 @@
 """The confprofile manager inside verl's real reward loop: Ray actors, RewardLoopManager, composed config.
 
 Groups are hand-built over a two-dimension taxonomy, gender [Female, Male, NA] and age
-[young, old, NA], and every expected reward is worked out from Eq. 6-8 in the comments.
+[young, old, NA] (the ``taxonomy_file`` fixture of conftest.py), and every expected reward is
+worked out from Eq. 6-8 in the comments.
 w(C) = 0.2 + 0.2 * (C - 1): w(1)=0.2, w(2)=0.4, w(3)=0.6, w(4)=0.8, w(5)=1.0. Format penalty -1.
 """
 
@@ -14,13 +15,6 @@ import ray
 from verl_confprofile.reward.local_loop import LocalRewardLoop, Rollout, compose_ppo_config, stream_item
 
 pytestmark = pytest.mark.usefixtures("local_ray")
-
-TAXONOMY_YAML = """
-na_label: NA
-dimensions:
-  gender: {labels: [Female, Male, NA]}
-  age: {labels: [young, old, NA]}
-"""
 
 
 def block(dim, tag, score):
@@ -108,13 +102,6 @@ def rollouts(groups=GROUPS, split="train"):
 
 def expected(table):
     return [x for uid in GROUPS for x in table[uid]]
-
-
-@pytest.fixture(scope="module")
-def taxonomy_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tax") / "two_dims.yaml"
-    path.write_text(TAXONOMY_YAML)
-    return str(path)
 
 
 def overrides(tokenizer_dir, taxonomy_file, workers, n=4, batch=4, extra=()):

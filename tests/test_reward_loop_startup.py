@@ -6,7 +6,7 @@ Uses the hand-worked groups of test_reward_loop.py (EXPECTED_VARIANT is worked o
 import pytest
 import ray
 
-from test_reward_loop import EXPECTED_VARIANT, expected, overrides, rollouts, scores, taxonomy_file  # noqa: F401
+from test_reward_loop import EXPECTED_VARIANT, expected, overrides, rollouts, scores
 from verl_confprofile.reward.local_loop import LocalRewardLoop, compose_ppo_config, stream_item
 
 pytestmark = pytest.mark.usefixtures("local_ray")

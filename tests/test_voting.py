@@ -16,14 +16,14 @@ AGE = TAX["age"]  # 0-18, 18-23, 24-30, 31-40, 41-50, 50+, NA
 # ---------------------------------------------------------------- Eq. 3-5 by hand
 
 
-def test_brief_example_confidence():
+def test_worked_example_confidence():
     # (Male,5),(Male,1),(Female,4),(Female,4): S_Male = 5+1 = 6, S_Female = 4+4 = 8
     # argmax S_t = Female, S = 8, votes = 2, margin = 8 - 6 = 2, all 4 samples valid.
     samples = [("Male", 5), ("Male", 1), ("Female", 4), ("Female", 4)]
     assert vote(samples, GENDER, "confidence") == Vote("Female", 8, 2, 2, 4)
 
 
-def test_brief_example_majority():
+def test_worked_example_majority():
     # Same samples; counts Male 2, Female 2 tie -> S decides: 8 > 6 -> Female.
     # margin compares the first key (counts): 2 - 2 = 0.
     samples = [("Male", 5), ("Male", 1), ("Female", 4), ("Female", 4)]

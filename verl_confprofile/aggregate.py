@@ -1,6 +1,8 @@
 """From raw samples to one profile per user: parse, vote (Eq. 3-5), calibrate, threshold.
 
-This is the deployment path (``confprofile vote``) and the first half of building the SFT set.
+This is the path of ``confprofile vote`` (deployment) and ``confprofile eval``. build-sft and
+build-rl do not read samples through it: they stream the samples file through
+``data_prep.votes`` (counting bad lines instead of stopping), with the same parser and voting.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from bisect import bisect_left
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
+from .jsonl import InputError
+
 LEVELS = 5
 LINEAR_CUTS = (1.8, 2.6, 3.4, 4.2)
 METHODS = ("equal_frequency", "linear")
@@ -120,3 +122,12 @@ class Calibrator:
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not UTF-8 text: {exc.reason}") from None
         return cls.from_dict(data, os.fspath(path))
+
+    @classmethod
+    def load_for(cls, path: str | os.PathLike, keys: Iterable[str]) -> "Calibrator":
+        """``load``, checked to have cut points for every dimension in ``keys``."""
+        calibrator = cls.load(path)
+        missing = [k for k in keys if k not in calibrator.cuts]
+        if missing:
+            raise InputError(f"{path}: no cut points for {', '.join(missing)} (calibrated: {', '.join(calibrator.cuts) or 'none'})")
+        return calibrator

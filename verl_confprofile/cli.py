@@ -21,10 +21,7 @@ from .voting import VOTING_METHODS
 
 def _vote(args: argparse.Namespace) -> None:
     taxonomy = Taxonomy.load(args.taxonomy)
-    calibrator = Calibrator.load(args.calibration) if args.calibration else None
-    missing = [k for k in taxonomy.keys if calibrator is not None and k not in calibrator.cuts]
-    if missing:
-        raise InputError(f"{args.calibration}: no cut points for {', '.join(missing)} (calibrated: {', '.join(calibrator.cuts) or 'none'})")
+    calibrator = Calibrator.load_for(args.calibration, taxonomy.keys) if args.calibration else None
     if args.threshold is not None and calibrator is None:
         raise InputError("--threshold needs --calibration: without it a profile has no confidence level")
     from .aggregate import read_samples, vote_users

@@ -31,7 +31,6 @@ command-line order.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from typing import Mapping, Sequence
 from .aggregate import profile_record, read_samples
 from .calibration import Calibrator
 from .data_prep.records import read_records
-from .jsonl import InputError
+from .jsonl import InputError, write_json
 from .metrics import DEFINITIONS, PRF, THRESHOLDS, threshold_sweep
 from .taxonomy import Taxonomy
 from .voting import VOTING_METHODS
@@ -392,11 +391,7 @@ def load_calibrator(path: str | None, taxonomy: Taxonomy) -> Calibrator:
     """The calibrator of --calibration (checked to cover the taxonomy), else the linear map."""
     if path is None:
         return Calibrator.linear(taxonomy.keys)
-    calibrator = Calibrator.load(path)
-    missing = [k for k in taxonomy.keys if k not in calibrator.cuts]
-    if missing:
-        raise InputError(f"{path}: no cut points for {', '.join(missing)} (calibrated: {', '.join(calibrator.cuts) or 'none'})")
-    return calibrator
+    return Calibrator.load_for(path, taxonomy.keys)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -423,9 +418,7 @@ def run(args: argparse.Namespace) -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "report.json", "w", encoding="utf-8") as fh:
-        json.dump(report_json(runs, gold, options), fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
+    write_json(report_json(runs, gold, options), out / "report.json")
     (out / "report.md").write_text(report_markdown(runs, gold, taxonomy, options), encoding="utf-8")
     plots = write_plots(runs, taxonomy, out)
     for r in runs:

@@ -1,4 +1,4 @@
-"""JSON Lines input with errors that name the file and line, and atomic-per-line output."""
+"""JSON Lines input with errors that name the file and line, atomic-per-line output, and JSON reports."""
 
 from __future__ import annotations
 
@@ -48,3 +48,10 @@ def field(obj: dict, name: str, kind: type | tuple[type, ...], path: str | os.Pa
 def write_line(fh: IO[str], obj: object) -> None:
     """Write one JSON line in a single write call, so a crash never leaves half a record."""
     fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def write_json(obj: object, path: str | os.PathLike) -> None:
+    """Write ``obj`` as an indented UTF-8 JSON file ending with a newline (the reports)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")

@@ -1,0 +1,71 @@
+"""Prompt budgets: count prompt tokens with a tokenizer and fit over-long prompts.
+
+``fit_prompts`` renders the chat prompt of a batch of records (``prompt.messages``) and, under a
+``PromptBudget``, counts them in one tokenizer call; a prompt over the budget is fitted by
+``prompt.fit_messages`` (keyphrases dropped, never demographics), or reported when even its
+bare form does not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, NamedTuple
+
+from verl_confprofile.taxonomy import Taxonomy
+
+from .prompt import fit_messages, messages
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer in ``path`` (loaded once per process, so each Ray worker loads it once)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@dataclass(frozen=True)
+class PromptBudget:
+    """The longest prompt allowed, in tokens counted as verl's RLHFDataset counts them: the chat
+    template with the generation prompt, tokenised without extra special tokens."""
+
+    tokenizer: str
+    max_tokens: int
+
+    def count(self, chats: list[list[dict]]) -> list[int]:
+        tok = load_tokenizer(self.tokenizer)
+        texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+        return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+class PromptFit(NamedTuple):
+    """A user's chat prompt, the keyphrases dropped to fit it, its length (None when not counted),
+    or ``error`` when it cannot fit even without keyphrases."""
+
+    messages: list[dict] | None
+    dropped: int
+    tokens: int | None
+    error: str | None
+
+
+def fit_prompts(records: list[dict], taxonomy: Taxonomy, budget: PromptBudget | None) -> list[PromptFit]:
+    """Prompts of a batch of records; over-long ones are fitted by ``prompt.fit_messages``."""
+    chats = [messages(r, taxonomy) for r in records]
+    if budget is None:
+        return [PromptFit(c, 0, None, None) for c in chats]
+    out = []
+    for record, chat, tokens in zip(records, chats, budget.count(chats)):
+        if tokens <= budget.max_tokens:
+            out.append(PromptFit(chat, 0, tokens, None))
+            continue
+        try:
+            chat, dropped = fit_messages(record, taxonomy, lambda c: budget.count([c])[0], budget.max_tokens)
+        except ValueError as exc:
+            out.append(PromptFit(None, 0, None, str(exc)))
+            continue
+        out.append(PromptFit(chat, dropped, budget.count([chat])[0], None))
+    return out

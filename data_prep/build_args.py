@@ -1,0 +1,55 @@
+"""The command-line options build-sft and build-rl share, and what they turn into."""
+
+from __future__ import annotations
+
+import argparse
+
+from verl_confprofile.jsonl import InputError
+from verl_confprofile.taxonomy import Taxonomy
+from verl_confprofile.voting import VOTING_METHODS
+
+from .budget import PromptBudget, load_tokenizer
+from .engine import ENGINES
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the stages both builds share."""
+    parser.add_argument("--records", required=True, help="user records JSONL: user_id, behaviors, demographics, labels")
+    parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    parser.add_argument("--voting", choices=VOTING_METHODS, default="confidence", help="how samples are voted (Eq. 3-5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (split, sampling)")
+    parser.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
+    parser.add_argument("--tokenizer", help="tokenizer directory used to count prompt tokens (with --max-prompt-length)")
+    parser.add_argument("--max-prompt-length", type=int, metavar="N", help="fit every prompt within N tokens by dropping keyphrases")
+    parser.add_argument("--engine", choices=ENGINES, default="local", help="where the per-user stages run (default: local)")
+
+
+def prompt_budget(tokenizer: str | None, max_prompt_length: int | None) -> PromptBudget | None:
+    """The budget asked for on the command line; the tokenizer is loaded now so a bad path fails early."""
+    if (tokenizer is None) != (max_prompt_length is None):
+        raise ValueError("--tokenizer and --max-prompt-length go together")
+    if tokenizer is None:
+        return None
+    if max_prompt_length <= 0:
+        raise ValueError(f"--max-prompt-length must be positive, got {max_prompt_length}")
+    try:
+        load_tokenizer(tokenizer)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--tokenizer {tokenizer}: cannot load a tokenizer ({exc})") from None
+    return PromptBudget(tokenizer, max_prompt_length)
+
+
+def common_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``build_sft`` and ``build_rl`` given by the shared options."""
+    return {
+        "taxonomy": Taxonomy.load(args.taxonomy),
+        "voting": args.voting,
+        "seed": args.seed,
+        "budget": prompt_budget(args.tokenizer, args.max_prompt_length),
+        "engine": args.engine,
+    }
+
+
+def left_out(report: dict) -> str:
+    """What a build left out, as 'reason=count, ...' ('none' when nothing) for its summary line."""
+    return ", ".join(f"{k}={v['count']}" for k, v in report["skipped"].items()) or "none"
