@@ -254,3 +254,7 @@ def test_reward_spec_rejects_unknown_values_naming_the_option(option, value):
 def test_reward_spec_rejects_inverted_weight_range():
     with pytest.raises(ValueError, match="confprofile.weight_min"):
         RewardSpec(weight_min=1.0, weight_max=0.5)
+
+
+def test_boolean_reference_confidence_is_invalid():
+    assert as_confidence(True) is None and as_confidence(False) is None

@@ -323,3 +323,21 @@ def test_missing_file_is_an_error(tmp_path):
 
 def test_taxonomy_error_is_a_value_error():
     assert issubclass(TaxonomyError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "spec, where",
+    [
+        ({"labels": ["a", "NA"], "aliases": ["a"]}, "dimensions.d.aliases"),
+        ({"labels": ["a", "NA"], "aliases": {"a": "alpha"}}, "dimensions.d.aliases"),
+        ({"labels": ["a", "NA"], "na_aliases": "x"}, "dimensions.d.na_aliases"),
+    ],
+)
+def test_malformed_aliases_are_taxonomy_errors(spec, where):
+    with pytest.raises(TaxonomyError, match=where):
+        Taxonomy.from_dict({"dimensions": {"d": spec}}, "custom.yaml")
+
+
+def test_key_with_trailing_newline_is_rejected():
+    with pytest.raises(TaxonomyError, match="key must match"):
+        Taxonomy.from_dict({"dimensions": {"age\n": {"labels": ["a", "NA"]}}}, "custom.yaml")

@@ -185,3 +185,9 @@ def test_vote_matches_a_direct_reading_of_the_rules(method, samples):
     assert result == Vote(winner, tally[winner][0], tally[winner][1], tally[winner][first] - runner_up, result.n_valid)
     if method == "confidence":
         assert result.score == max(s for s, _ in tally.values())  # Eq. 5
+
+
+def test_unknown_method_is_an_error_even_without_well_formed_samples():
+    dim = Taxonomy.load()["gender"]
+    with pytest.raises(ValueError, match="unknown voting method"):
+        vote([(None, None)], dim, "plurality")

@@ -74,7 +74,9 @@ class RolloutReward(NamedTuple):
 
 def as_confidence(value: object) -> int | None:
     """A reference confidence as an int 1..5, or None when absent or invalid."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        return None
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)  # numpy scalars and numeric strings
         except (TypeError, ValueError):

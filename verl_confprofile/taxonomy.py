@@ -121,7 +121,7 @@ class Taxonomy:
 
 def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimension:
     where = f"{source}: dimensions.{key}"
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise TaxonomyError(f"{where}: key must match [a-z][a-z0-9_]* (it names an output block)")
     if key in _RESERVED_KEYS:
         raise TaxonomyError(f"{where}: key {key!r} is reserved by the output format ({', '.join(_RESERVED_KEYS)})")
@@ -143,12 +143,20 @@ def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimensi
             raise TaxonomyError(f"{where}.labels: duplicate label {label!r} (same as {lookup[folded]!r})")
         lookup[folded] = label
     lookup.update({label: label for label in labels})
-    for alias in _NA_ALIASES + tuple(spec.get("na_aliases", ())):
+    na_aliases = spec.get("na_aliases", [])
+    aliases = spec.get("aliases") or {}
+    if not isinstance(na_aliases, list) or not all(isinstance(a, str) for a in na_aliases):
+        raise TaxonomyError(f"{where}.na_aliases: expected a list of strings")
+    if not isinstance(aliases, dict) or not all(
+        isinstance(v, list) and all(isinstance(a, str) for a in v) for v in aliases.values()
+    ):
+        raise TaxonomyError(f"{where}.aliases: expected a mapping of label -> list of strings")
+    for alias in _NA_ALIASES + tuple(na_aliases):
         lookup.setdefault(normalize_label(alias), na)
-    for label, aliases in (spec.get("aliases") or {}).items():
+    for label, spellings in aliases.items():
         if label not in labels:
             raise TaxonomyError(f"{where}.aliases: {label!r} is not one of the labels")
-        for alias in aliases:
+        for alias in spellings:
             lookup.setdefault(normalize_label(alias), label)
     name = spec.get("name", key.replace("_", " ").title())
     return Dimension(key, str(name), tuple(labels), na, lookup, {x: i for i, x in enumerate(labels)})

@@ -41,6 +41,9 @@ def check_method(method: str) -> str:
 
 def vote(choices: Iterable[Sequence], dim: Dimension, method: str = "confidence") -> Vote:
     """Vote one dimension. ``choices`` yields (tag, confidence, ...) items; tag None = malformed."""
+    by_count = method == "majority"
+    if not by_count:
+        check_method(method)
     tally: dict[str, list] = {}
     n_valid = 0
     for item in choices:
@@ -56,9 +59,6 @@ def vote(choices: Iterable[Sequence], dim: Dimension, method: str = "confidence"
             cell[1] += 1
     if not tally:
         return NO_VOTE
-    by_count = method == "majority"
-    if not by_count:
-        check_method(method)
     ranked = sorted(
         ((c[1], c[0]) if by_count else (c[0], c[1]), -dim.rank(t), t) for t, c in tally.items()
     )
