@@ -80,7 +80,7 @@ def ground_truth(labels: dict, taxonomy: Taxonomy) -> tuple[str, int]:
         return "", 0
     out, outside = {}, 0
     for key, raw in labels.items():
-        label = taxonomy[key].canonical(raw) if key in taxonomy.keys and isinstance(raw, str) else None
+        label = taxonomy[key].canonical(raw) if key in taxonomy.keys else None
         outside += label is None
         out[key] = raw if label is None else label
     return json.dumps(out, ensure_ascii=False), outside

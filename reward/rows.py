@@ -42,9 +42,7 @@ def ref_confidence_of(extra_info: Any) -> Mapping | None:
 
 def covered_by_labels(labels: Mapping | None, taxonomy: Taxonomy) -> bool:
     """True when every dimension has a valid gold label (so no vote is needed)."""
-    return bool(labels) and all(
-        isinstance(labels.get(d.key), str) and d.canonical(labels[d.key]) is not None for d in taxonomy
-    )
+    return bool(labels) and all(d.canonical(labels.get(d.key)) is not None for d in taxonomy)
 
 
 def extra_info(
@@ -68,8 +66,7 @@ def extra_info(
     for dim in taxonomy:
         part = reward.parts[dim.key]
         vote = votes.get(dim.key)
-        raw = labels.get(dim.key) if labels else None
-        label = dim.canonical(raw) if isinstance(raw, str) else None
+        label = dim.canonical(labels.get(dim.key)) if labels else None
         prefix = f"confprofile/{dim.key}/"
         info[prefix + "well_formed"] = float(part.well_formed)
         info[prefix + "agree"] = float(part.agree)

@@ -101,7 +101,7 @@ def read_gold(path: str | os.PathLike, taxonomy: Taxonomy) -> GoldSet:
             raw = labels.get(dim.key)
             if raw is None:
                 continue
-            label = dim.canonical(raw) if isinstance(raw, str) else None
+            label = dim.canonical(raw)
             if label is None:
                 gold.out_of_set[dim.key] += 1
                 gold.out_of_set_examples.setdefault(dim.key, f"user {user}: {raw!r}")

@@ -89,7 +89,7 @@ def profile_scores(
     """Per-dimension P/R/F1 of predicted {dim: (tag, confidence)} against gold {dim: label}."""
     out = {}
     for dim in taxonomy:
-        y_true = [dim.canonical(g[dim.key]) if isinstance(g.get(dim.key), str) else None for g in gold]
+        y_true = [dim.canonical(g.get(dim.key)) for g in gold]
         pairs = [p.get(dim.key, (None, None)) for p in predicted]
         out[dim.key] = precision_recall_f1(
             y_true, [t for t, _ in pairs], [c for _, c in pairs], tau=tau, na=dim.na, definition=definition

@@ -91,8 +91,7 @@ def targets(votes: Mapping[str, Vote], labels: Mapping[str, str] | None, spec: R
     out = {k: v.tag for k, v in votes.items()}
     if spec.use_labels == "when_present" and labels:
         for dim in taxonomy:
-            raw = labels.get(dim.key)
-            label = dim.canonical(raw) if isinstance(raw, str) else None
+            label = dim.canonical(labels.get(dim.key))
             if label is not None:
                 out[dim.key] = label
     return out

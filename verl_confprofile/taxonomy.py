@@ -49,8 +49,13 @@ class Dimension:
     _lookup: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _rank: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
-    def canonical(self, raw: str) -> str | None:
-        """The canonical label a raw tag string means, or None when it is not in the set."""
+    def canonical(self, raw: object) -> str | None:
+        """The canonical label a raw tag means, or None when it is not in the set (or not a string).
+
+        Gold labels come from user JSON, so any value may arrive here; only strings can match.
+        """
+        if not isinstance(raw, str):
+            return None
         hit = self._lookup.get(raw)
         if hit is None:
             hit = self._lookup.get(normalize_label(raw))
