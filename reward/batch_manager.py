@@ -17,11 +17,10 @@ from verl import DataProto
 from verl.workers.reward_manager import register
 from verl.workers.reward_manager.abstract import AbstractRewardManager
 from verl_confprofile.profile_format import parse_profile
-from verl_confprofile.scoring import rollout_reward, targets
 from verl_confprofile.voting import vote_profile
 
 from .options import read_options
-from .rows import extra_info, labels_of, ref_confidence_of
+from .rows import labels_of, score_row
 
 
 @register("confprofile")
@@ -54,9 +53,9 @@ class ConfProfileBatchRewardManager(AbstractRewardManager):
                 row = data.non_tensor_batch
                 labels = labels_of((row["reward_model"][i] or {}).get("ground_truth")) if "reward_model" in row else None
                 extra = row["extra_info"][i] if "extra_info" in row else None
-                reward = rollout_reward(parsed[i], targets(votes, labels, spec, tax), ref_confidence_of(extra), spec, tax)
-                reward_tensor[i, max(lengths[i], 1) - 1] = reward.total
-                for key, value in extra_info(reward, votes, labels, tax, members=len(members), partial=False).items():
+                total, info = score_row(parsed[i], votes, labels, extra, self.options, members=len(members), partial=False)
+                reward_tensor[i, max(lengths[i], 1) - 1] = total
+                for key, value in info.items():
                     infos[key].append(value)
         if return_dict:
             return {"reward_tensor": reward_tensor, "reward_extra_info": dict(infos)}

@@ -25,11 +25,10 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl_confprofile.profile_format import parse_profile
-from verl_confprofile.scoring import rollout_reward, targets
 from verl_confprofile.voting import Vote, vote_profile
 
 from .options import read_options
-from .rows import covered_by_labels, extra_info, is_validation, labels_of, ref_confidence_of
+from .rows import covered_by_labels, is_validation, labels_of, score_row
 from .vote_board import VoteBoard
 
 logger = logging.getLogger(__name__)
@@ -80,8 +79,8 @@ class BoardClient:
     step costs a few board calls per worker instead of one per rollout.
     """
 
-    def __init__(self, board: ray.actor.ActorHandle, worker: str):
-        self.board, self.worker = board, worker
+    def __init__(self, board: ray.actor.ActorHandle, worker: str | None = None):
+        self.board, self.worker = board, worker or uuid.uuid4().hex
         self.pending: list[tuple] = []
         self.waiters: dict[str, list[asyncio.Future]] = {}
         self.poller: asyncio.Task | None = None
@@ -96,6 +95,10 @@ class BoardClient:
         if self.poller is None or self.poller.done():
             self.poller = loop.create_task(self._poll())
         return await future
+
+    async def relieve(self, slots: int) -> int:
+        """Ask the board to vote early the fullest groups waiting here, to free ``slots`` calls."""
+        return await self.board.relieve.remote(self.worker, slots)
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
@@ -118,7 +121,7 @@ class BoardClient:
 _CLIENTS: dict[str, BoardClient] = {}
 
 
-def board_client(taxonomy: dict, voting: str, worker: str) -> BoardClient:
+def board_client(taxonomy: dict, voting: str) -> BoardClient:
     """This process's client of the named board for a taxonomy and voting method.
 
     The board actor is created by whichever worker asks first (``get_if_exists``); a
@@ -131,7 +134,7 @@ def board_client(taxonomy: dict, voting: str, worker: str) -> BoardClient:
             .options(name=f"confprofile_vote_board_{key}", get_if_exists=True, max_concurrency=BOARD_CONCURRENCY, num_cpus=0)
             .remote(taxonomy, voting)
         )
-        _CLIENTS[key] = BoardClient(board, worker)
+        _CLIENTS[key] = BoardClient(board)
     return _CLIENTS[key]
 
 
@@ -147,7 +150,6 @@ class ConfProfileRewardManager(RewardManagerBase):
             raise ValueError(problem)
         rollout = config.actor_rollout_ref.rollout
         self.group_size = {False: int(rollout.n), True: int(OmegaConf.select(rollout, "val_kwargs.n", default=1))}
-        self.worker = uuid.uuid4().hex
         self._taxonomy_dict = self.options.taxonomy.to_dict()
         self._open = 0
         self._resolved = 0
@@ -172,9 +174,8 @@ class ConfProfileRewardManager(RewardManagerBase):
         if not (spec.use_labels == "when_present" and covered_by_labels(labels, tax)):
             group = await self._group_vote(row.get("uid"), parsed, is_validation(info_row))
         votes = {k: Vote(*v) for k, v in group["votes"].items()}
-        reward = rollout_reward(parsed, targets(votes, labels, spec, tax), ref_confidence_of(info_row), spec, tax)
-        info = extra_info(reward, votes, labels, tax, members=group["members"], partial=group["partial"])
-        return {"reward_score": reward.total, "reward_extra_info": info}
+        total, info = score_row(parsed, votes, labels, info_row, self.options, members=group["members"], partial=group["partial"])
+        return {"reward_score": total, "reward_extra_info": info}
 
     def _decode(self, item) -> str:
         response_ids = item.batch["responses"]
@@ -182,7 +183,7 @@ class ConfProfileRewardManager(RewardManagerBase):
         return self.tokenizer.decode(response_ids[:length], skip_special_tokens=True)
 
     def _client(self) -> BoardClient:
-        return board_client(self._taxonomy_dict, self.options.spec.voting, self.worker)
+        return board_client(self._taxonomy_dict, self.options.spec.voting)
 
     async def _group_vote(self, uid, parsed, validation: bool) -> dict:
         if uid is None:  # not a GRPO group: the rollout is its own group
@@ -217,7 +218,7 @@ class ConfProfileRewardManager(RewardManagerBase):
             if self._open >= ACTOR_CONCURRENCY and self._resolved == seen:
                 stuck_since = stuck_since or now
                 if now - stuck_since >= STUCK_AFTER_S:
-                    freed = await self._client().board.relieve.remote(self.worker, ACTOR_CONCURRENCY // 4)
+                    freed = await self._client().relieve(ACTOR_CONCURRENCY // 4)
                     logger.warning(
                         "confprofile: all %d call slots of this reward worker held waiting groups; voted groups "
                         "early on the members present to free %d (raise reward.num_workers to avoid this)",

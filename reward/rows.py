@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from verl_confprofile.scoring import RolloutReward
+from verl_confprofile.profile_format import Profile
+from verl_confprofile.scoring import RolloutReward, rollout_reward, targets
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import Vote
+
+from .options import Options
 
 # Rows of these splits are validation rows: their groups have rollout.val_kwargs.n members.
 VAL_SPLITS = frozenset({"val", "validation", "test", "eval"})
@@ -43,6 +46,25 @@ def ref_confidence_of(extra_info: Any) -> Mapping | None:
 def covered_by_labels(labels: Mapping | None, taxonomy: Taxonomy) -> bool:
     """True when every dimension has a valid gold label (so no vote is needed)."""
     return bool(labels) and all(d.canonical(labels.get(d.key)) is not None for d in taxonomy)
+
+
+def score_row(
+    parsed: Profile,
+    votes: Mapping[str, Vote],
+    labels: Mapping | None,
+    row_extra_info: Any,
+    options: Options,
+    *,
+    members: int,
+    partial: bool,
+) -> tuple[float, dict[str, float]]:
+    """Eq. 7-8 for one rollout of a row against its group's votes, and its reward_extra_info.
+
+    Both managers score through this, whether the group was voted on the board or in the batch.
+    """
+    tax, spec = options.taxonomy, options.spec
+    reward = rollout_reward(parsed, targets(votes, labels, spec, tax), ref_confidence_of(row_extra_info), spec, tax)
+    return reward.total, extra_info(reward, votes, labels, tax, members=members, partial=partial)
 
 
 def extra_info(
