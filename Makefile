@@ -1,6 +1,6 @@
 # Set-up and entry points. Every target creates and uses the virtual environment .venv at the
 # repository root; the first run installs the CPU build of torch and this package with its
-# test extras, later runs reuse it.
+# test extras (compiling its C extension), later runs reuse it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,8 @@ OUT ?= out
 
 .PHONY: demo test bench
 
-$(STAMP): setup.py
+# The C extension is compiled by the install: a change to its source reinstalls.
+$(STAMP): setup.py verl_confprofile/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0

@@ -6,7 +6,7 @@ the subpackages ``verl_confprofile.reward`` and ``verl_confprofile.data_prep``, 
 ``verl_confprofile`` lands at the top level of site-packages.
 """
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 SUBPACKAGES = {"reward": "reward", "data_prep": "data_prep", "configs": "configs"}
 
@@ -20,6 +20,9 @@ setup(
     packages=["verl_confprofile", *(f"verl_confprofile.{name}" for name in SUBPACKAGES)],
     package_dir={"verl_confprofile": "verl_confprofile", **{f"verl_confprofile.{k}": v for k, v in SUBPACKAGES.items()}},
     package_data={"verl_confprofile.configs": ["*.yaml", "*/*.yaml"]},
+    # The compiled reader of canonical model outputs (profile_format): optional, so an install
+    # without a C compiler still works, parsing everything with the pure-Python rules.
+    ext_modules=[Extension("verl_confprofile._speedups", ["verl_confprofile/_speedups.c"], optional=True)],
     install_requires=[
         # The core needs only numpy and pyyaml; torch comes with verl (bring a CPU or CUDA build).
         "numpy>=1.24",

@@ -17,21 +17,22 @@ import time
 
 from verl_confprofile.aggregate import read_samples
 from verl_confprofile.calibration import Calibrator
+from verl_confprofile.gc_pause import cyclic_gc_paused
 from verl_confprofile.taxonomy import Taxonomy
-from verl_confprofile.voting import vote_profile
 
 from _common import population, size_parser, user_ids, write_samples  # this script's folder is on sys.path
 
 
+@cyclic_gc_paused()  # as the commands that run this path (vote, build-sft, build-rl) do
 def run_path(path: str, taxonomy: Taxonomy) -> int:
     users = read_samples(path, taxonomy)
-    votes = {u: vote_profile(s, taxonomy) for u, s in users.items()}
+    votes = {u: t.votes(taxonomy) for u, t in users.items()}
     calibrator = Calibrator().fit(
-        {d.key: [(v[d.key].score, len(users[u])) for u, v in votes.items()] for d in taxonomy}
+        {d.key: [(v[d.key].score, users[u].num_samples) for u, v in votes.items()] for d in taxonomy}
     )
     levels = 0
     for u, v in votes.items():
-        m = len(users[u])
+        m = users[u].num_samples
         levels += sum(calibrator.transform(k, x.score, m) for k, x in v.items())
     return levels
 

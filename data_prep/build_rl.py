@@ -26,7 +26,9 @@ import os
 from collections import Counter
 
 from verl_confprofile.calibration import LEVELS, Calibrator
+from verl_confprofile.gc_pause import cyclic_gc_paused
 from verl_confprofile.jsonl import write_json
+from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 from . import difficulty
@@ -34,8 +36,7 @@ from .budget import PromptBudget
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
 from .outputs import write_parquet
-from .prepare import cyclic_gc_paused, prepare, prompt_report
-from .votes import UserVote
+from .prepare import prepare, prompt_report
 
 DATA_SOURCE = "confprofile"
 ABILITY = "profiling"
@@ -158,6 +159,9 @@ def build_rl(
         "calibration": calibrator.to_dict(),
     }
     write_json(report, os.path.join(out, "report.json"))
+    # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
+    # import error it catches), which would keep them alive until the next full collection.
+    del prep, refs, rows
     from .plots import difficulty_figure
 
     difficulty_figure(os.path.join(out, "difficulty.png"), selection.available, selection.target, shape)

@@ -23,16 +23,17 @@ from collections import Counter
 from typing import Sequence
 
 from verl_confprofile.calibration import LEVELS, Calibrator
+from verl_confprofile.gc_pause import cyclic_gc_paused
 from verl_confprofile.jsonl import write_json
 from verl_confprofile.profile_format import render_profile
+from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 from .budget import PromptBudget
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
 from .outputs import write_parquet
-from .prepare import cyclic_gc_paused, prepare, prompt_report
-from .votes import UserVote
+from .prepare import prepare, prompt_report
 
 NO_EVIDENCE = "No usable evidence for this dimension."
 
@@ -137,6 +138,9 @@ def build_sft(
         "calibration": calibrator.to_dict(),
     }
     write_json(report, os.path.join(out, "report.json"))
+    # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
+    # import error it catches), which would keep them alive until the next full collection.
+    del prep, train_rows, val_rows
     from .plots import confidence_figure
 
     confidence_figure(

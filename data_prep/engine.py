@@ -2,8 +2,8 @@
 
 Both builds go records + samples -> one vote per user -> a prompt per user -> global steps
 (calibration fit, split, difficulty filter) -> rows. The per-sample and per-user transforms are
-in ``votes`` (``read_sample``, ``UserTally``) and ``budget`` (``fit_prompts``); an engine only
-decides where they run:
+in ``votes`` (``read_sample``), ``verl_confprofile.tally`` (``UserTally``) and ``budget``
+(``fit_prompts``); an engine only decides where they run:
 
 - ``local``: one pass over the samples file in this process. Samples may come in any order:
   each is parsed as it is read and folded into its user's tally.
@@ -23,8 +23,9 @@ from functools import partial
 from typing import Callable, Sequence, TypeVar
 
 from verl_confprofile.jsonl import InputError
+from verl_confprofile.tally import UserTally
 
-from .votes import SampleEvent, UserTally, VoteJob, VoteStage, duplicate_event, iter_lines, read_sample, vote_stage
+from .votes import SampleEvent, VoteJob, VoteStage, duplicate_event, iter_lines, read_sample, vote_stage
 
 ENGINES = ("local", "ray")
 RAY_CHUNK_BYTES = 32 << 20

@@ -7,20 +7,18 @@ The vote and prompt stages run on an engine (``engine``); what is left out is co
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
 
+from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 from .budget import PromptBudget, PromptFit, fit_prompts
 from .engine import Engine
 from .records import read_records
-from .votes import UserVote, VoteJob
+from .votes import VoteJob
 
 
 class SkipLog:
@@ -44,24 +42,6 @@ class SkipLog:
 
     def to_dict(self) -> dict:
         return {reason: {"count": n, "first": self.first[reason]} for reason, n in self.counts.items()}
-
-
-@contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector during a build (usable as a decorator).
-
-    A build holds millions of small live objects (tallies, votes, prompts) and allocates many
-    more; the collector's full passes would traverse them again and again, which measured as a
-    large share of a 20,000-user build. The stages make no reference cycles worth collecting
-    early: reference counting frees their garbage, and the collector runs again afterwards.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass

@@ -2,23 +2,21 @@
 
 A samples-file line becomes, with ``read_sample``, the parsed outputs of one sample of a kept
 user, or a ``SampleEvent`` (a counted skip or an error). A user's samples are folded, in any
-order, into a ``UserTally``, which keeps per dimension the (tag, confidence) pairs voting needs
-and, per tag, the evidence of its best sample only (no raw text), and which finishes into the
-user's ``UserVote``. ``VoteJob`` is what a vote stage is given and ``VoteStage`` what it returns
-(see ``engine`` for where the stage runs).
+order, into a ``tally.UserTally``, which finishes into the user's ``UserVote``. ``VoteJob`` is
+what a vote stage is given and ``VoteStage`` what it returns (see ``engine`` for where the
+stage runs).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from verl_confprofile.jsonl import InputError, field
-from verl_confprofile.profile_format import parse_profile
+from verl_confprofile.profile_format import profile_parser
+from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
-from verl_confprofile.voting import Vote, vote
 
 
 class SampleEvent(NamedTuple):
@@ -58,7 +56,7 @@ def read_sample(
     order = users.get(user if type(user) is str else str(user))
     if order is None:
         return SampleEvent(lineno, "unknown_user", f"{path}:{lineno}: user {str(user)!r} has no usable record; sample skipped")
-    return order, idx, parse_profile(text, taxonomy).values()
+    return order, idx, profile_parser(taxonomy)(text).values()
 
 
 def duplicate_event(path: str, lineno: int, sample_idx: int, user_id: str, first: int) -> SampleEvent:
@@ -66,69 +64,6 @@ def duplicate_event(path: str, lineno: int, sample_idx: int, user_id: str, first
         lineno, "duplicate_sample",
         f"{path}:{lineno}: duplicate sample_idx {sample_idx} for user {user_id!r} (first at line {first}); skipped",
     )
-
-
-class UserVote(NamedTuple):
-    """One user's vote per dimension (voting.Vote) over M = ``num_samples`` samples, and the
-    evidence of the chosen sample for each voted tag ('' when it gave none)."""
-
-    user_id: str
-    num_samples: int
-    votes: dict[str, Vote]
-    evidence: dict[str, str]
-
-
-@lru_cache(maxsize=8)
-def choice_pairs(taxonomy: Taxonomy) -> tuple[dict[str, tuple], ...]:
-    """Per dimension, {label: (None, (label, 1), ..., (label, 5))}: shared (tag, confidence) pairs,
-    so a tally holds pointers instead of allocating one pair per sample and dimension."""
-    return tuple({label: (None, *((label, s) for s in range(1, 6))) for label in dim.labels} for dim in taxonomy)
-
-
-class UserTally:
-    """One user's samples, folded as they arrive into what voting and the evidence choice need.
-
-    Per dimension: the (tag, confidence) of each well-formed sample, for ``voting.vote``; per tag,
-    the evidence of its best sample: non-empty evidence first, then the higher confidence, then
-    the lower sample_idx. The choice depends on the samples, not on their order.
-    """
-
-    __slots__ = ("lines", "choices", "best", "pairs")
-
-    def __init__(self, taxonomy: Taxonomy):
-        self.pairs = choice_pairs(taxonomy)
-        self.lines: dict[int, int] = {}
-        self.choices: list[list] = [[] for _ in self.pairs]
-        self.best: list[dict] = [{} for _ in self.pairs]
-
-    def add(self, sample_idx: int, lineno: int, outputs: Iterable[Sequence]) -> int | None:
-        """Fold one sample's (tag, score, evidence, ...) per dimension, in taxonomy order.
-
-        Returns the line of the first occurrence when ``sample_idx`` was seen before; the repeat
-        is then not folded.
-        """
-        first = self.lines.setdefault(sample_idx, lineno)
-        if first != lineno:
-            return first
-        for choices, best, pairs, out in zip(self.choices, self.best, self.pairs, outputs):
-            tag = out[0]
-            if tag is None:
-                continue
-            score = out[1]
-            choices.append(pairs[tag][score])
-            key = (bool(out[2]), score, -sample_idx)
-            held = best.get(tag)
-            if held is None or key > held[0]:
-                best[tag] = (key, out[2])
-        return None
-
-    def finish(self, user_id: str, taxonomy: Taxonomy, method: str) -> UserVote:
-        votes, evidence = {}, {}
-        for dim, choices, best in zip(taxonomy, self.choices, self.best):
-            result = vote(choices, dim, method)
-            votes[dim.key] = result
-            evidence[dim.key] = (best[result.tag][1] or "") if result.tag is not None else ""
-        return UserVote(user_id, len(self.lines), votes, evidence)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from verl_confprofile.profile_format import (
     DimensionOutput,
+    read_canonical,
     _parse_dimension,
-    _parser,
+    profile_parser,
     answer_text,
     parse_profile,
     render_profile,
@@ -292,11 +293,31 @@ def test_round_trip_of_a_fixed_profile():
     assert parse_profile(render_profile(FULL, TAX), TAX) == {k: ok(*v) for k, v in FULL.items()}
 
 
-def test_fast_path_is_taken_for_rendered_text():
-    # Guards the property test below: it must compare the fast path, not the general path twice.
-    body = answer_text("<think>x</think>\n" + render_profile(FULL, TAX))
-    assert _parser(TAX)._fast(body) is not None
-    assert _parser(TAX)._fast(body.replace("<tag>Female", "<tag> Female")) is None
+def test_compiled_reader_is_built_and_reads_canonical_blocks():
+    # Guards the property tests below: they must compare the compiled reader with the general
+    # rules, not the general rules with themselves. An install without a C compiler fails here.
+    assert read_canonical is not None, "verl_confprofile._speedups is not compiled (pip install -e . needs a C compiler)"
+    read = profile_parser(TAX).compiled
+    text = "<think>x</think>\n" + render_profile(FULL, TAX)
+    expected = {k: ok(*v) for k, v in FULL.items()}
+    assert read(text) == expected
+    assert read(render_profile(FULL, TAX) + "<think>truncated <age>") == expected  # cut off, as answer_text does
+    assert read(text.replace("</age>", "</age><")) == expected  # a stray '<' outside every block: block by block
+    # Left to the general rules (None): a tag that is not an exact label, a verbal score, a
+    # duplicated block, and everything behind an unclosed <think>.
+    assert read(text.replace("<tag>Female", "<tag> Female")) == {**expected, "gender": None}
+    assert read(text.replace("<score>4</score></age>", "<score>high</score></age>")) == {**expected, "age": None}
+    assert read(text + "<age>again</age>") == {**expected, "age": None}
+    assert read(text.replace("<think>x</think>", "<think>x")) == dict.fromkeys(KEYS)
+
+
+@pytest.mark.parametrize("evidence", ["多次搜索母婴用品", "baby food \U0001F476 daily", "caf\u00e9", "\u3000spaced\u3000"])
+def test_compiled_reader_on_wide_text(evidence):
+    # 1-, 2- and 4-byte strings take different code in the reader; str.strip() defines the padding.
+    profile = dict(FULL, gender=("Female", 5, f" \t{evidence}\n"))
+    parsed = profile_parser(TAX).compiled(full_text(profile=profile))
+    assert parsed["gender"] == ok("Female", 5, evidence.strip())
+    assert parsed["age"] == ok(*FULL["age"])
 
 
 # ---------------------------------------------------------------- property tests

@@ -14,11 +14,13 @@ from collections import Counter
 from typing import Sequence
 
 from .calibration import Calibrator
+from .gc_pause import cyclic_gc_paused
 from .jsonl import InputError, write_line
 from .taxonomy import TaxonomyError, Taxonomy
 from .voting import VOTING_METHODS
 
 
+@cyclic_gc_paused()
 def _vote(args: argparse.Namespace) -> None:
     taxonomy = Taxonomy.load(args.taxonomy)
     calibrator = Calibrator.load_for(args.calibration, taxonomy.keys) if args.calibration else None
@@ -32,7 +34,7 @@ def _vote(args: argparse.Namespace) -> None:
         for record in vote_users(users, taxonomy, voting=args.voting, calibrator=calibrator, threshold=args.threshold):
             malformed.update(record["malformed"])
             write_line(fh, record)
-    n_samples = sum(len(s) for s in users.values())
+    n_samples = sum(t.num_samples for t in users.values())
     bad = ", ".join(f"{k}={malformed[k]}" for k in taxonomy.keys)
     print(f"voted {len(users)} users from {n_samples} samples -> {args.out}; malformed samples per dimension: {bad}")
 

@@ -51,14 +51,13 @@ def _write_records(path: Path, population, users: list[str], labels: bool) -> No
 def voting_comparison(samples_path: Path, population, taxonomy: Taxonomy) -> dict[str, dict]:
     """Table 2 on known truth: voted labels (confidence, majority) against a single sample."""
     from .aggregate import read_samples
-    from .voting import vote_profile
 
     users = read_samples(samples_path, taxonomy)
     gold = [{k: t for k, (t, _) in population.truth(str(u)).items()} for u in users]
     predictions = {
-        "single sample": [{k: (o.tag, 5) for k, o in s[0].items()} for s in users.values()],
-        "majority vote": [{k: (v.tag, 5) for k, v in vote_profile(s, taxonomy, "majority").items()} for s in users.values()],
-        "confidence vote": [{k: (v.tag, 5) for k, v in vote_profile(s, taxonomy, "confidence").items()} for s in users.values()],
+        "single sample": [{k: (c[0][0], 5) for k, c in zip(taxonomy.keys, t.choices)} for t in users.values()],
+        "majority vote": [{k: (v.tag, 5) for k, v in t.votes(taxonomy, "majority").items()} for t in users.values()],
+        "confidence vote": [{k: (v.tag, 5) for k, v in t.votes(taxonomy, "confidence").items()} for t in users.values()],
     }
     return {name: average_scores(profile_scores(gold, pred, taxonomy)) for name, pred in predictions.items()}
 

@@ -117,7 +117,7 @@ def read_gold(path: str | os.PathLike, taxonomy: Taxonomy) -> GoldSet:
 
 
 def read_run_samples(path: str | os.PathLike, taxonomy: Taxonomy) -> dict[str, list]:
-    """Parsed samples keyed by user_id as a string, the way records key them."""
+    """Sample tallies keyed by user_id as a string, the way records key them."""
     users: dict[str, list] = {}
     for user, samples in read_samples(path, taxonomy).items():
         key = str(user)
@@ -163,7 +163,7 @@ def evaluate_run(
                 abstentions[k]["na"] += 1
     unknown = [u for u in users if u not in gold.labels]
     counts = {
-        "samples": sum(len(s) for s in users.values()),
+        "samples": sum(t.num_samples for t in users.values()),
         "users_with_samples": len(users),
         "users_evaluated": len(gold.labels) - len(missing),
         "missing_users": len(missing),

@@ -21,11 +21,11 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         lineno = 0
         try:
             for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
+                    if not line.strip():
+                        continue
                     raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
                 if not isinstance(obj, dict):
                     raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")

@@ -11,21 +11,24 @@ Parsing rules (the reward path depends on them never raising):
   is optional but may appear only once. Inner tags may come in any order.
 - Anything else is malformed for that dimension, with a short reason; never an exception.
 Only ``str.find``/``str.count`` scans are used, so time is linear in the input size.
-For speed the fields are read straight from canonical text when it is canonical (see _Parser).
+For speed, canonical text is read by a compiled reader first (see _Parser).
 """
 
 from __future__ import annotations
 
 import operator
 from functools import lru_cache
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 from .taxonomy import Dimension, Taxonomy
 
+try:
+    from ._speedups import read_canonical
+except ImportError:  # installed without a C compiler: the general rules read everything
+    read_canonical = None
+
 VERBAL_SCORES = {"very low": 1, "low": 2, "medium": 3, "high": 4, "very high": 5}
-_DIGIT_SCORES = {str(i): i for i in range(1, 6)}
-_SCORE_TEXT = _DIGIT_SCORES | VERBAL_SCORES
-_new = tuple.__new__
+_SCORE_TEXT = {str(i): i for i in range(1, 6)} | VERBAL_SCORES
 
 
 class DimensionOutput(NamedTuple):
@@ -109,51 +112,46 @@ def answer_text(text: object) -> str:
 
 
 class _Parser:
-    """Parser of one taxonomy, with a fast path for the canonical layout.
+    """Parser of one taxonomy: the compiled reader of canonical blocks first, then the general rules.
 
-    The fast path takes outputs whose blocks come in taxonomy order, each exactly as
-    ``render_profile`` writes it, and whose answer holds no other '<' at all (so no block can be
-    duplicated or stray); anything else goes dimension by dimension through the general rules,
-    which give the same result on canonical text (tested).
+    ``read_canonical`` (of the C extension ``_speedups``, built at install) takes an answer whose
+    blocks come in taxonomy order, each exactly as ``render_profile`` writes it, with no other
+    '<' at all, in one pass. Otherwise it reads each dimension whose block occurs once and is
+    exactly canonical inside, and leaves the rest (None) to the general rules, which give the
+    same result on canonical blocks (tested). Without a C compiler at install time the
+    extension is missing and the general rules read everything.
     """
 
     def __init__(self, taxonomy: Taxonomy):
         self.dims = [(d, f"<{d.key}>", f"</{d.key}>") for d in taxonomy]
-        self.canonical = [(d.key, f"<{d.key}><evidence>", f"</score></{d.key}>", d._lookup.get) for d in taxonomy]
-        self.n_markers = 8 * len(self.dims)
+        self.keys = taxonomy.keys
+        self.spec = (DimensionOutput, tuple((d.key, o, c, d._lookup) for d, o, c in self.dims))
 
-    def _fast(self, body: str) -> Profile | None:
-        if body.count("<") != self.n_markers:
-            return None
-        find, pos, out = body.find, 0, {}
-        for key, opener, closer, lookup in self.canonical:
-            start = find(opener, pos)
-            ev_end = find("</evidence><tag>", start)
-            tag_end = find("</tag><score>", ev_end)
-            end = find(closer, tag_end)
-            if start < 0 or ev_end < 0 or tag_end < 0 or end < 0:
-                return None
-            tag = lookup(body[ev_end + 16 : tag_end])
-            score = _DIGIT_SCORES.get(body[tag_end + 13 : end])
-            if tag is None or score is None:
-                return None
-            out[key] = _new(DimensionOutput, (tag, score, body[start + len(opener) : ev_end].strip(), None))
-            pos = end + len(closer)
-        return out
+    def compiled(self, text: str) -> dict[str, DimensionOutput | None] | None:
+        """What the compiled reader makes of ``text`` (None per dimension it leaves to the general
+        rules), or None when it is not built."""
+        return read_canonical(text, self.spec) if read_canonical is not None else None
 
     def __call__(self, text: object) -> Profile:
-        body = answer_text(text)
-        return self._fast(body) or {d.key: _parse_dimension(body, d, o, c) for d, o, c in self.dims}
+        profile = (self.compiled(text) if type(text) is str else None) or dict.fromkeys(self.keys)
+        if None in profile.values():
+            body = answer_text(text)
+            for d, o, c in self.dims:
+                if profile[d.key] is None:
+                    profile[d.key] = _parse_dimension(body, d, o, c)
+        return profile
 
 
 @lru_cache(maxsize=64)
-def _parser(taxonomy: Taxonomy) -> _Parser:
+def profile_parser(taxonomy: Taxonomy) -> Callable[[object], Profile]:
+    """The parser of one taxonomy, for loops that parse many texts: ``parse_profile`` without
+    the look-up of the taxonomy's parser on every call."""
     return _Parser(taxonomy)
 
 
 def parse_profile(text: object, taxonomy: Taxonomy) -> Profile:
     """Parse any model output into one DimensionOutput per taxonomy dimension. Never raises."""
-    return _parser(taxonomy)(text)
+    return profile_parser(taxonomy)(text)
 
 
 def _clean_evidence(evidence: str) -> str:

@@ -31,6 +31,7 @@ class Vote(NamedTuple):
 
 
 NO_VOTE = Vote(None, 0.0, 0, 0.0, 0)
+_new_vote = tuple.__new__  # Vote(...) without the Python-level __new__ of a NamedTuple, for the hot loop
 
 
 def check_method(method: str) -> str:
@@ -39,33 +40,49 @@ def check_method(method: str) -> str:
     return method
 
 
-def vote(choices: Iterable[Sequence], dim: Dimension, method: str = "confidence") -> Vote:
-    """Vote one dimension. ``choices`` yields (tag, confidence, ...) items; tag None = malformed."""
-    by_count = method == "majority"
-    if not by_count:
-        check_method(method)
-    tally: dict[str, list] = {}
+def _tag_totals(choices: Iterable[Sequence]) -> tuple[dict[str, list], int]:
+    """({tag: [S_t, count_t]}, number of well-formed choices) over (tag, confidence, ...) items (Eq. 3)."""
+    totals: dict[str, list] = {}
     n_valid = 0
     for item in choices:
         tag = item[0]
         if tag is None:
             continue
         n_valid += 1
-        cell = tally.get(tag)
+        cell = totals.get(tag)
         if cell is None:
-            tally[tag] = [item[1], 1]
+            totals[tag] = [item[1], 1]
         else:
             cell[0] += item[1]
             cell[1] += 1
-    if not tally:
+    return totals, n_valid
+
+
+try:
+    from ._speedups import tag_totals
+except ImportError:  # installed without a C compiler
+    tag_totals = _tag_totals
+
+
+def vote(choices: Iterable[Sequence], dim: Dimension, method: str = "confidence") -> Vote:
+    """Vote one dimension. ``choices`` yields (tag, confidence, ...) items; tag None = malformed."""
+    if method not in VOTING_METHODS:
+        check_method(method)
+    by_count = method == "majority"
+    totals, n_valid = tag_totals(choices)
+    if not totals:
         return NO_VOTE
-    ranked = sorted(
-        ((c[1], c[0]) if by_count else (c[0], c[1]), -dim.rank(t), t) for t, c in tally.items()
-    )
-    (first, second), _, tag = ranked[-1]
-    runner_up = ranked[-2][0][0] if len(ranked) > 1 else 0
+    rank = dim.rank
+    best = runner = None  # ranking keys (first, second, -rank, tag) of the winner and the runner-up
+    for tag, (s_t, count) in totals.items():
+        key = (count, s_t, -rank(tag), tag) if by_count else (s_t, count, -rank(tag), tag)
+        if best is None or key > best:
+            best, runner = key, best
+        elif runner is None or key > runner:
+            runner = key
+    first, second, _, tag = best
     s_t, count = (second, first) if by_count else (first, second)
-    return Vote(tag, float(s_t), int(count), float(first - runner_up), n_valid)
+    return _new_vote(Vote, (tag, float(s_t), int(count), float(first - (runner[0] if runner else 0)), n_valid))
 
 
 def vote_profile(
