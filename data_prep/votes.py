@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
-from verl_confprofile.jsonl import InputError, field
+from verl_confprofile.jsonl import InputError, sample_fields
 from verl_confprofile.profile_format import profile_parser
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
@@ -45,14 +45,10 @@ def read_sample(
         return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: not a JSON line ({exc}); skipped")
     if type(obj) is not dict:
         return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: expected a JSON object; skipped")
-    user, idx, text = obj.get("user_id"), obj.get("sample_idx"), obj.get("text")
-    if not (type(user) is str and type(idx) is int and type(text) is str):
-        try:  # the slow path: other valid types (an integer user_id), or the message naming the field
-            user = field(obj, "user_id", (str, int), path, lineno)
-            idx = field(obj, "sample_idx", int, path, lineno)
-            text = field(obj, "text", str, path, lineno)
-        except InputError as exc:
-            return SampleEvent(lineno, "error", str(exc))
+    try:
+        user, idx, text = sample_fields(obj, path, lineno)
+    except InputError as exc:
+        return SampleEvent(lineno, "error", str(exc))
     order = users.get(user if type(user) is str else str(user))
     if order is None:
         return SampleEvent(lineno, "unknown_user", f"{path}:{lineno}: user {str(user)!r} has no usable record; sample skipped")

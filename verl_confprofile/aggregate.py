@@ -12,7 +12,7 @@ from typing import Iterator, Mapping
 
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
-from .jsonl import InputError, field, read_jsonl
+from .jsonl import InputError, read_jsonl, sample_fields
 from .profile_format import profile_parser
 from .tally import UserTally
 from .taxonomy import Taxonomy
@@ -29,11 +29,7 @@ def read_samples(path: str | os.PathLike, taxonomy: Taxonomy) -> dict[object, Us
     users: dict[object, UserTally] = {}
     parse = profile_parser(taxonomy)
     for lineno, rec in read_jsonl(path):
-        user, idx, text = rec.get("user_id"), rec.get("sample_idx"), rec.get("text")
-        if not (type(user) is str and type(idx) is int and type(text) is str):  # else: the message naming the field
-            user = field(rec, "user_id", (str, int), path, lineno)
-            idx = field(rec, "sample_idx", int, path, lineno)
-            text = field(rec, "text", str, path, lineno)
+        user, idx, text = sample_fields(rec, path, lineno)
         tally = users.get(user)
         if tally is None:
             tally = users[user] = UserTally(taxonomy, evidence=False)

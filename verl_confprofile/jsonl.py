@@ -45,6 +45,18 @@ def field(obj: dict, name: str, kind: type | tuple[type, ...], path: str | os.Pa
     return value
 
 
+def sample_fields(obj: dict, path: str | os.PathLike, lineno: int) -> tuple[str | int, int, str]:
+    """(user_id, sample_idx, text) of a samples-file line, checked; a bad field raises InputError.
+
+    Type checks first (the common case, cheap), ``field`` only for other valid types (an integer
+    user_id) or for the message naming the bad field.
+    """
+    user, idx, text = obj.get("user_id"), obj.get("sample_idx"), obj.get("text")
+    if type(user) is str and type(idx) is int and type(text) is str:
+        return user, idx, text
+    return field(obj, "user_id", (str, int), path, lineno), field(obj, "sample_idx", int, path, lineno), field(obj, "text", str, path, lineno)
+
+
 def write_line(fh: IO[str], obj: object) -> None:
     """Write one JSON line in a single write call, so a crash never leaves half a record."""
     fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
