@@ -28,6 +28,7 @@ setup(
         "numpy>=1.24",
         "pyyaml>=6",
         "pyarrow>=14",
+        "orjson>=3.9",
         "verl>=0.9.1",
         "ray[data]>=2.41",
         "hydra-core>=1.3",

@@ -23,6 +23,7 @@ from functools import partial
 from typing import Callable, Sequence, TypeVar
 
 from verl_confprofile.jsonl import InputError
+from verl_confprofile.profile_format import profile_parser
 from verl_confprofile.tally import UserTally
 
 from .votes import SampleEvent, VoteJob, VoteStage, duplicate_event, iter_lines, read_sample, vote_stage
@@ -49,7 +50,7 @@ class LocalEngine:
         events: list[SampleEvent] = []
         lines = 0
         for lineno, line in iter_lines(path):
-            got = read_sample(line, path, lineno, users, taxonomy)
+            got = read_sample(line, path, lineno, users)
             if got is None:
                 continue
             lines += 1
@@ -58,11 +59,11 @@ class LocalEngine:
                     raise InputError(got.message)
                 events.append(got)
                 continue
-            order, idx, outputs = got
+            order, idx, text = got
             tally = tallies.get(order)
             if tally is None:
                 tally = tallies[order] = UserTally(taxonomy)
-            first = tally.add(idx, lineno, outputs)
+            first = tally.add_text(idx, lineno, text)
             if first is not None:
                 events.append(duplicate_event(path, lineno, idx, job.user_ids[order], first))
         votes = {o: t.finish(job.user_ids[o], taxonomy, job.voting) for o, t in tallies.items()}
@@ -104,16 +105,17 @@ def plan_chunks(path: str, chunk_bytes: int) -> list[tuple[int, int, int]]:
 
 def _parse_chunk(chunk: dict, job: VoteJob) -> list[dict]:
     """Ray task: the samples of one byte range as rows keyed by record order (-1: a line left out)."""
-    users, rows = job.users, []
+    users, parse, rows = job.users, profile_parser(job.taxonomy), []
     for lineno, line in iter_lines(job.samples, chunk["start"], chunk["end"], chunk["first_line"]):
-        got = read_sample(line, job.samples, lineno, users, job.taxonomy)
+        got = read_sample(line, job.samples, lineno, users)
         if got is None:
             continue
         if type(got) is SampleEvent:
             rows.append({"order": -1, "line": lineno, "payload": pickle.dumps(tuple(got))})
         else:
-            order, idx, outputs = got
-            rows.append({"order": order, "line": lineno, "payload": pickle.dumps((idx, [tuple(o[:3]) for o in outputs]))})
+            order, idx, text = got
+            outputs = [tuple(o[:3]) for o in parse(text).values()]
+            rows.append({"order": order, "line": lineno, "payload": pickle.dumps((idx, outputs))})
     return rows
 
 

@@ -1,20 +1,18 @@
 """The per-sample and per-user transforms of build-sft and build-rl, whichever engine runs them.
 
-A samples-file line becomes, with ``read_sample``, the parsed outputs of one sample of a kept
-user, or a ``SampleEvent`` (a counted skip or an error). A user's samples are folded, in any
-order, into a ``tally.UserTally``, which finishes into the user's ``UserVote``. ``VoteJob`` is
+A samples-file line becomes, with ``read_sample``, the raw text of one sample of a kept user,
+or a ``SampleEvent`` (a counted skip or an error). A user's samples are parsed and folded, in
+any order, into a ``tally.UserTally``, which finishes into the user's ``UserVote``. ``VoteJob`` is
 what a vote stage is given and ``VoteStage`` what it returns (see ``engine`` for where the
 stage runs).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple
 
-from verl_confprofile.jsonl import InputError, sample_fields
-from verl_confprofile.profile_format import profile_parser
+from verl_confprofile.jsonl import READ_BUFFER, InputError, JSONDecodeError, loads, sample_fields
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
@@ -27,22 +25,20 @@ class SampleEvent(NamedTuple):
     message: str
 
 
-def read_sample(
-    line: bytes, path: str, lineno: int, users: dict[str, int], taxonomy: Taxonomy
-) -> tuple[int, int, Iterable[Sequence]] | SampleEvent | None:
-    """One samples-file line -> (record order, sample_idx, per-dimension outputs), a SampleEvent, or
-    None for a blank line.
+def read_sample(line: bytes, path: str, lineno: int, users: dict[str, int]) -> tuple[int, int, str] | SampleEvent | None:
+    """One samples-file line -> (record order, sample_idx, raw text) of a kept user's sample, a
+    SampleEvent, or None for a blank line.
 
     A line that is not a JSON object (a writer killed mid-line) is a counted skip, as is a sample
     of a user without a kept record. A JSON object without the sample fields means the wrong file
     was given: that is an error.
     """
     try:
-        obj = json.loads(line.decode())
-    except ValueError as exc:
+        obj = loads(line)
+    except JSONDecodeError as exc:
         if not line.strip():
             return None
-        return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: not a JSON line ({exc}); skipped")
+        return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: not a JSON line: {exc.msg} (column {exc.colno}); skipped")
     if type(obj) is not dict:
         return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: expected a JSON object; skipped")
     try:
@@ -52,7 +48,7 @@ def read_sample(
     order = users.get(user if type(user) is str else str(user))
     if order is None:
         return SampleEvent(lineno, "unknown_user", f"{path}:{lineno}: user {str(user)!r} has no usable record; sample skipped")
-    return order, idx, profile_parser(taxonomy)(text).values()
+    return order, idx, text
 
 
 def duplicate_event(path: str, lineno: int, sample_idx: int, user_id: str, first: int) -> SampleEvent:
@@ -97,7 +93,7 @@ def vote_stage(votes: dict[int, UserVote], lines: int, events: list[SampleEvent]
 def iter_lines(path: str, start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) of the lines starting in [start, end) of a file."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb", buffering=READ_BUFFER)
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc.strerror}") from None
     with fh:

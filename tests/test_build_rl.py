@@ -211,7 +211,7 @@ def test_bad_inputs_are_counted_and_named(small, tmp_path, capsys):
     skipped = read_report(out)["skipped"]
     assert {k: (v["count"], v["first"]) for k, v in skipped.items()} == {
         "no_behaviors": (1, [f"{records}:4: record has no behaviour keyphrases; skipped"]),
-        "broken_line": (1, [f"{samples}:7: not a JSON line (Expecting value: line 1 column 1 (char 0)); skipped"]),
+        "broken_line": (1, [f"{samples}:7: not a JSON line: invalid literal, expected 'null' (column 1); skipped"]),
         "unknown_user": (1, [f"{samples}:8: user 'nobody' has no usable record; sample skipped"]),
         "duplicate_sample": (1, [f"{samples}:9: duplicate sample_idx 1 for user 'r1' (first at line 4); skipped"]),
     }

@@ -3,10 +3,12 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verl_confprofile.profile_format import DimensionOutput, parse_profile
-from verl_confprofile.tally import MALFORMED, UserTally, _fold, choice_pairs, fold
+from verl_confprofile.profile_format import DimensionOutput, parse_profile, render_profile
+from verl_confprofile.tally import MALFORMED, UserTally, _fold, _fold_canonical, choice_pairs, fold, fold_canonical
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import Vote
+
+from test_profile_format import FULL, fragment_texts, near_canonical_texts
 
 TAX = Taxonomy.load()
 GENDER, AGE = TAX["gender"], TAX["age"]
@@ -89,3 +91,51 @@ def test_votes_and_evidence_do_not_depend_on_sample_order(drawn, data):
         return user.votes["gender"], user.evidence["gender"]
 
     assert finish(data.draw(st.permutations(drawn))) == finish(drawn)
+
+
+# ---------------------------------------------------------------- raw texts: one compiled pass
+
+
+def test_canonical_texts_are_read_and_folded_in_one_pass():
+    assert fold_canonical is not _fold_canonical, "verl_confprofile._speedups is not compiled"
+    tally = UserTally(TAX)
+    spec = tally.parse.spec
+    # Sample 0: FULL as rendered (gender Female 5 "likes parenting tips"), after some reasoning.
+    first = "<think>weighing it up</think>\n" + render_profile(FULL, TAX)
+    assert fold_canonical(first, spec, tally.choices, tally.best, tally.pairs, 0) is True
+    # Sample 1: Female 5 again; equal (has evidence, score) and a higher sample_idx: sample 0 stays.
+    second = render_profile(dict(FULL, gender=("Female", 5, "mum blogs")), TAX)
+    assert fold_canonical(second, spec, tally.choices, tally.best, tally.pairs, 1) is True
+    assert tally.choices[0] == [("Female", 5), ("Female", 5)]
+    assert tally.best[0]["Female"] == (True, 5, 0, "likes parenting tips")
+    # Sample 2: a stray '<' after the blocks: not canonical as a whole, so nothing is folded.
+    before = ([list(c) for c in tally.choices], [dict(b) for b in tally.best])
+    assert fold_canonical(first + "<", spec, tally.choices, tally.best, tally.pairs, 2) is False
+    assert (tally.choices, tally.best) == before
+    # Male: an empty evidence first, then one with evidence (wins despite the higher sample_idx,
+    # its padding stripped as str.strip() does), then a higher score without evidence (loses).
+    male = lambda score, evidence: render_profile(dict(FULL, gender=("Male", score, evidence)), TAX)
+    tally.add_text(4, 5, male(2, ""))
+    assert tally.best[0]["Male"] == (False, 2, -4, "")
+    tally.add_text(5, 6, male(2, "gym videos").replace(">gym videos<", "> \tgym videos\n<"))
+    assert tally.best[0]["Male"] == (True, 2, -5, "gym videos")
+    tally.add_text(6, 7, male(4, ""))
+    assert tally.best[0]["Male"] == (True, 2, -5, "gym videos")
+    assert tally.choices[0] == [("Female", 5), ("Female", 5), ("Male", 2), ("Male", 2), ("Male", 4)]
+
+
+def tally_of(texts, evidence, one_pass):
+    tally = UserTally(TAX, evidence=evidence)
+    for line, (idx, text) in enumerate(texts, 1):
+        if one_pass:
+            tally.add_text(idx, line, text)
+        else:
+            tally.add(idx, line, parse_profile(text, TAX).values())
+    return tally.lines, tally.choices, tally.best
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.one_of(near_canonical_texts(), fragment_texts)), max_size=8), st.booleans())
+def test_folding_raw_texts_equals_folding_their_parsed_outputs(texts, evidence):
+    # The reference: every text through the parser's rules, then fold; add_text may take the compiled pass.
+    assert tally_of(texts, evidence, one_pass=True) == tally_of(texts, evidence, one_pass=False)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from verl_confprofile.profile_format import parse_profile
 from verl_confprofile.taxonomy import Taxonomy
-from verl_confprofile.voting import NO_VOTE, Vote, _tag_totals, tag_totals, vote, vote_profile
+from verl_confprofile.voting import NO_VOTE, Vote, _tag_totals, _winner, vote, vote_profile, winner
 
 TAX = Taxonomy.load()
 GENDER = TAX["gender"]  # taxonomy order: Female, Male, NA
@@ -195,18 +195,21 @@ def test_unknown_method_is_an_error_even_without_well_formed_samples():
 
 def test_tag_totals_by_hand():
     # S_Male = 5 + 1 = 6 over 2 samples, S_Female = 4 over 1; the malformed sample does not count.
-    assert tag_totals([("Male", 5), (None, 0), ("Female", 4), ("Male", 1)]) == ({"Male": [6, 2], "Female": [4, 1]}, 3)
-    assert tag_totals([]) == ({}, 0)
+    assert _tag_totals([("Male", 5), (None, 0), ("Female", 4), ("Male", 1)]) == ({"Male": [6, 2], "Female": [4, 1]}, 3)
+    assert _tag_totals([]) == ({}, 0)
 
 
 confidences = st.one_of(st.integers(1, 5), st.floats(0.5, 5, allow_nan=False))
 choice_items = st.tuples(st.sampled_from([*AGE.labels, None]), confidences, st.text(max_size=3))
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(choice_items, choice_items.map(list)), max_size=15))
-def test_compiled_tag_totals_equal_the_python_reference(items):
-    # The compiled twin (voting.tag_totals) against the Python reference, on tuples, lists and float confidences.
-    assert tag_totals is not _tag_totals, "verl_confprofile._speedups is not compiled"
-    assert tag_totals(items) == _tag_totals(items)
-    assert tag_totals(iter(items)) == _tag_totals(items)
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(choice_items, choice_items.map(list)), max_size=15), st.booleans())
+def test_compiled_winner_equals_the_python_reference(items, by_count):
+    # The compiled twin (voting.winner) against the Python reference, on tuples, lists and float confidences.
+    assert winner is not _winner, "verl_confprofile._speedups is not compiled"
+    expected = _winner(items, AGE._rank, by_count)
+    assert winner(items, AGE._rank, by_count) == expected
+    assert winner(iter(items), AGE._rank, by_count) == expected
+    if expected is not None:
+        assert [type(x) for x in winner(items, AGE._rank, by_count)] == [str, float, int, float, int]

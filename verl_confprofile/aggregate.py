@@ -13,7 +13,6 @@ from typing import Iterator, Mapping
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
 from .jsonl import InputError, read_jsonl, sample_fields
-from .profile_format import profile_parser
 from .tally import UserTally
 from .taxonomy import Taxonomy
 
@@ -27,13 +26,12 @@ def read_samples(path: str | os.PathLike, taxonomy: Taxonomy) -> dict[object, Us
     both copies would double-count a sample.
     """
     users: dict[object, UserTally] = {}
-    parse = profile_parser(taxonomy)
     for lineno, rec in read_jsonl(path):
         user, idx, text = sample_fields(rec, path, lineno)
         tally = users.get(user)
         if tally is None:
             tally = users[user] = UserTally(taxonomy, evidence=False)
-        first = tally.add(idx, lineno, parse(text).values())
+        first = tally.add_text(idx, lineno, text)
         if first is not None:
             raise InputError(f"{path}:{lineno}: duplicate sample_idx {idx} for user {user!r} (first at line {first})")
     return users

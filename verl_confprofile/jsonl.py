@@ -1,10 +1,19 @@
-"""JSON Lines input with errors that name the file and line, atomic-per-line output, and JSON reports."""
+"""JSON Lines input with errors that name the file and line, atomic-per-line output, and JSON reports.
+
+Input lines are decoded with orjson (several times faster than the json module on the long
+sample lines). It is strict JSON: NaN, Infinity and unpaired surrogate escapes, which the json
+module lets through, make a line invalid.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from typing import IO, Iterator
+
+from orjson import JSONDecodeError, loads
+
+READ_BUFFER = 1 << 20  # bytes per read call: the default (the disk block size, often 4 KiB) costs a system call per few lines
 
 
 class InputError(ValueError):
@@ -14,7 +23,7 @@ class InputError(ValueError):
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; a broken line raises InputError."""
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, encoding="utf-8", buffering=READ_BUFFER)
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc.strerror}") from None
     with fh:
@@ -22,8 +31,8 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         try:
             for lineno, line in enumerate(fh, 1):
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
+                    obj = loads(line)
+                except JSONDecodeError as exc:
                     if not line.strip():
                         continue
                     raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None

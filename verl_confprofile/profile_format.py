@@ -11,14 +11,14 @@ Parsing rules (the reward path depends on them never raising):
   is optional but may appear only once. Inner tags may come in any order.
 - Anything else is malformed for that dimension, with a short reason; never an exception.
 Only ``str.find``/``str.count`` scans are used, so time is linear in the input size.
-For speed, canonical text is read by a compiled reader first (see _Parser).
+For speed, canonical text is read by a compiled reader first (see ProfileParser).
 """
 
 from __future__ import annotations
 
 import operator
 from functools import lru_cache
-from typing import Callable, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
 from .taxonomy import Dimension, Taxonomy
 
@@ -111,7 +111,7 @@ def answer_text(text: object) -> str:
     return text if cut < 0 else text[:cut]
 
 
-class _Parser:
+class ProfileParser:
     """Parser of one taxonomy: the compiled reader of canonical blocks first, then the general rules.
 
     ``read_canonical`` (of the C extension ``_speedups``, built at install) takes an answer whose
@@ -120,6 +120,9 @@ class _Parser:
     exactly canonical inside, and leaves the rest (None) to the general rules, which give the
     same result on canonical blocks (tested). Without a C compiler at install time the
     extension is missing and the general rules read everything.
+
+    ``spec`` is what the compiled code needs of the taxonomy, built once: (DimensionOutput,
+    ((key, "<key>", "</key>", {label or alias: label}), ...)).
     """
 
     def __init__(self, taxonomy: Taxonomy):
@@ -143,10 +146,10 @@ class _Parser:
 
 
 @lru_cache(maxsize=64)
-def profile_parser(taxonomy: Taxonomy) -> Callable[[object], Profile]:
+def profile_parser(taxonomy: Taxonomy) -> ProfileParser:
     """The parser of one taxonomy, for loops that parse many texts: ``parse_profile`` without
     the look-up of the taxonomy's parser on every call."""
-    return _Parser(taxonomy)
+    return ProfileParser(taxonomy)
 
 
 def parse_profile(text: object, taxonomy: Taxonomy) -> Profile:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Iterable, NamedTuple, Sequence
 
+from .profile_format import profile_parser
 from .taxonomy import Taxonomy
 from .voting import Vote, vote
 
@@ -58,10 +59,16 @@ def _fold(
             best[i][tag] = entry
 
 
+def _fold_canonical(text: object, spec: tuple, choices: list[list], best: list[dict] | None, pairs: Sequence[dict], sample_idx: int) -> bool:
+    """The compiled one-pass read-and-fold of a canonical answer; without the extension nothing
+    is read in one pass (False) and every text goes through the parser and ``fold``."""
+    return False
+
+
 try:
-    from ._speedups import fold
+    from ._speedups import fold, fold_canonical
 except ImportError:  # installed without a C compiler
-    fold = _fold
+    fold, fold_canonical = _fold, _fold_canonical
 
 
 class UserTally:
@@ -71,10 +78,11 @@ class UserTally:
     votes and the evidence depend on the samples, not on their order.
     """
 
-    __slots__ = ("lines", "choices", "best", "pairs")
+    __slots__ = ("lines", "choices", "best", "pairs", "parse")
 
     def __init__(self, taxonomy: Taxonomy, evidence: bool = True):
         self.pairs = choice_pairs(taxonomy)
+        self.parse = profile_parser(taxonomy)
         self.lines: dict[int, int] = {}
         self.choices: list[list[tuple]] = [[] for _ in self.pairs]
         self.best: list[dict] | None = [{} for _ in self.pairs] if evidence else None
@@ -93,6 +101,19 @@ class UserTally:
         if first != lineno:
             return first
         fold(self.choices, self.best, self.pairs, outputs, sample_idx, MALFORMED)
+        return None
+
+    def add_text(self, sample_idx: int, lineno: int, text: object) -> int | None:
+        """``add`` of a raw model output: the outputs ``parse_profile`` reads from it, folded.
+
+        A canonical answer (most teacher samples) is read and folded in one compiled pass,
+        without building its outputs; anything else goes through the parser's general rules.
+        """
+        first = self.lines.setdefault(sample_idx, lineno)
+        if first != lineno:
+            return first
+        if not fold_canonical(text, self.parse.spec, self.choices, self.best, self.pairs, sample_idx):
+            fold(self.choices, self.best, self.pairs, self.parse(text).values(), sample_idx, MALFORMED)
         return None
 
     def votes(self, taxonomy: Taxonomy, method: str = "confidence") -> dict[str, Vote]:

@@ -58,31 +58,36 @@ def _tag_totals(choices: Iterable[Sequence]) -> tuple[dict[str, list], int]:
     return totals, n_valid
 
 
+def _winner(choices: Iterable[Sequence], rank: Mapping[str, int], by_count: bool) -> tuple | None:
+    """(tag, S, count, margin, n_valid) of the voted tag over (tag, confidence, ...) items, or None
+    when none is well-formed; ``rank`` gives each label's position in taxonomy order."""
+    totals, n_valid = _tag_totals(choices)
+    best = runner = None  # ranking keys (first, second, -rank, tag) of the winner and the runner-up
+    for tag, (s_t, count) in totals.items():
+        key = (count, s_t, -rank[tag], tag) if by_count else (s_t, count, -rank[tag], tag)
+        if best is None or key > best:
+            best, runner = key, best
+        elif runner is None or key > runner:
+            runner = key
+    if best is None:
+        return None
+    first, second, _, tag = best
+    s_t, count = (second, first) if by_count else (first, second)
+    return tag, float(s_t), int(count), float(first - (runner[0] if runner else 0)), n_valid
+
+
 try:
-    from ._speedups import tag_totals
+    from ._speedups import winner
 except ImportError:  # installed without a C compiler
-    tag_totals = _tag_totals
+    winner = _winner
 
 
 def vote(choices: Iterable[Sequence], dim: Dimension, method: str = "confidence") -> Vote:
     """Vote one dimension. ``choices`` yields (tag, confidence, ...) items; tag None = malformed."""
     if method not in VOTING_METHODS:
         check_method(method)
-    by_count = method == "majority"
-    totals, n_valid = tag_totals(choices)
-    if not totals:
-        return NO_VOTE
-    rank = dim.rank
-    best = runner = None  # ranking keys (first, second, -rank, tag) of the winner and the runner-up
-    for tag, (s_t, count) in totals.items():
-        key = (count, s_t, -rank(tag), tag) if by_count else (s_t, count, -rank(tag), tag)
-        if best is None or key > best:
-            best, runner = key, best
-        elif runner is None or key > runner:
-            runner = key
-    first, second, _, tag = best
-    s_t, count = (second, first) if by_count else (first, second)
-    return _new_vote(Vote, (tag, float(s_t), int(count), float(first - (runner[0] if runner else 0)), n_valid))
+    won = winner(choices, dim._rank, method == "majority")
+    return NO_VOTE if won is None else _new_vote(Vote, won)
 
 
 def vote_profile(
