@@ -2,7 +2,8 @@
 
 Writes records and samples (about 1.5 KB per sample, six dimensions, 5% malformed) from the
 simulated population to temporary files, then times in the same run:
-  read:  reading both files line by line with json.loads, nothing else;
+  read:  reading both files line by line with json.loads, nothing else (the ratio's baseline;
+         the same with orjson, the decoder build-sft uses, is printed beside it);
   build: build-sft end to end on them with the local engine (vote, calibrate, evidence, prompts,
          parquet, calibration, report and figure), in a fresh subprocess that also reports its
          peak resident memory (ru_maxrss, interpreter and imports included).
@@ -22,7 +23,7 @@ import time
 
 from verl_confprofile.taxonomy import Taxonomy
 
-from _common import population, size_parser, user_ids, write_samples  # this script's folder is on sys.path
+from _common import population, read_json_lines, size_parser, user_ids, write_samples  # this script's folder is on sys.path
 
 # Runs in the subprocess: time build-sft in process, then report wall time and peak RSS as JSON.
 CHILD = """
@@ -45,15 +46,6 @@ def write_inputs(directory: str, users: int, samples: int) -> tuple[str, str, in
     return records, sample_file, write_samples(sample_file, simulated, ids, samples)
 
 
-def read_inputs(*paths: str) -> int:
-    n = 0
-    for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                n += len(json.loads(line))
-    return n
-
-
 def build(records: str, samples: str, out: str) -> dict:
     argv = ["build-sft", "--records", records, "--samples", samples, "--out", out]
     done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, check=True)
@@ -68,19 +60,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         records, samples, text_chars = write_inputs(tmp, args.users, args.samples)
-        read_s, runs = [], []
+        read_s, fast_s, runs = [], [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
-            read_inputs(records, samples)
-            read_s.append(time.perf_counter() - start)
+            for fast, times in ((False, read_s), (True, fast_s)):
+                start = time.perf_counter()
+                read_json_lines(records, samples, fast=fast)
+                times.append(time.perf_counter() - start)
             runs.append(build(records, samples, os.path.join(tmp, "sft")))
         with open(os.path.join(tmp, "sft", "report.json"), encoding="utf-8") as fh:
             counts = json.load(fh)["counts"]
     n = args.users * args.samples
-    read, best = min(read_s), min(r["seconds"] for r in runs)
+    read, fast, best = min(read_s), min(fast_s), min(r["seconds"] for r in runs)
     peak_mb = max(r["peak_kb"] for r in runs) / 1024
     print(f"inputs: {args.users} users x {args.samples} samples, mean text {text_chars / n:.0f} chars")
     print(f"read (json.loads of both files): {read:.2f} s")
+    print(f"(read with orjson:               {fast:.2f} s; build/orjson read {best / fast:.2f})")
     print(f"build-sft end to end:            {best:.2f} s ({n / best:,.0f} samples/s), {counts['train_rows']} rows")
     print(f"peak memory of build-sft:        {peak_mb:.0f} MB")
     print(f"RESULT build_sft ratio={best / read:.2f} peak_mb={peak_mb:.0f}")

@@ -32,7 +32,7 @@ from verl_confprofile.taxonomy import Taxonomy
 from .budget import PromptBudget
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
-from .outputs import sft_schema, write_parquet
+from .outputs import sft_table, write_parquet
 from .prepare import prepare, prompt_report
 
 NO_EVIDENCE = "No usable evidence for this dimension."
@@ -123,10 +123,9 @@ def build_sft(
         (val_rows if i in val else train_rows).append({"messages": [*fit.messages, answer], "user_id": record["user_id"]})
 
     os.makedirs(out, exist_ok=True)
-    schema = sft_schema()
-    write_parquet(train_rows, os.path.join(out, "sft_train.parquet"), schema)
+    write_parquet(train_rows, os.path.join(out, "sft_train.parquet"), sft_table)
     if val_rows:
-        write_parquet(val_rows, os.path.join(out, "sft_val.parquet"), schema)
+        write_parquet(val_rows, os.path.join(out, "sft_val.parquet"), sft_table)
     calibrator.save(os.path.join(out, "calibration.json"))
     report = {
         "command": "build-sft",

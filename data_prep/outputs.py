@@ -3,34 +3,65 @@
 from __future__ import annotations
 
 import os
-
+from typing import Callable
 
 ROW_GROUP = 2048  # rows per parquet row group
 
 
-def write_parquet(rows: list[dict], path: str, schema: "pyarrow.Schema | None" = None) -> None:
+def write_parquet(rows: list[dict], path: str, to_table: Callable[[list[dict]], "pyarrow.Table"] | None = None) -> None:
     """Write rows to a parquet file, atomically (a crash never leaves half a dataset).
 
-    Without ``schema`` Arrow infers it from all rows at once. With it, rows are converted one
-    row group at a time, so Arrow's memory stays at one group's size (and fresh pages are not
-    faulted in for a copy of the whole dataset).
+    Without ``to_table`` Arrow infers the types from all rows at once. With it (a converter to a
+    fixed schema, such as ``sft_table``), rows are converted one row group at a time, so Arrow's
+    memory stays at one group's size instead of a copy of the whole dataset.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tmp = f"{path}.tmp"
-    if schema is None:
+    if to_table is None:
         pq.write_table(pa.Table.from_pylist(rows), tmp, row_group_size=ROW_GROUP)
     else:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for start in range(0, len(rows), ROW_GROUP):
-                writer.write_table(pa.Table.from_pylist(rows[start : start + ROW_GROUP], schema=schema))
+        tables = (to_table(rows[start : start + ROW_GROUP]) for start in range(0, len(rows) or 1, ROW_GROUP))
+        first = next(tables)
+        with pq.ParquetWriter(tmp, first.schema) as writer:
+            writer.write_table(first)
+            for table in tables:
+                writer.write_table(table)
     os.replace(tmp, path)
 
 
-def sft_schema() -> "pyarrow.Schema":
-    """The SFT rows: chat ``messages`` (role, content) as verl's MultiTurnSFTDataset reads them, and ``user_id``."""
+def sft_table(rows: list[dict]) -> "pyarrow.Table":
+    """SFT rows ({messages: [{role, content}, ...], user_id}) as the Arrow table verl's
+    MultiTurnSFTDataset reads: messages list<struct<role: string, content: string>>, user_id string.
+
+    Built from Arrow buffers (offsets and UTF-8 bytes), because ``pa.array`` on Python lists
+    imports pandas (0.2 s) just to check that they are not pandas objects.
+    """
     import pyarrow as pa
 
-    message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    return pa.schema([("messages", pa.list_(message)), ("user_id", pa.string())])
+    messages = [m for row in rows for m in row["messages"]]
+    struct = pa.StructArray.from_arrays([_utf8(m["role"] for m in messages), _utf8(m["content"] for m in messages)], names=["role", "content"])
+    lists = pa.ListArray.from_arrays(_offsets([len(row["messages"]) for row in rows]), struct)
+    return pa.Table.from_arrays([lists, _utf8(row["user_id"] for row in rows)], names=["messages", "user_id"])
+
+
+def _offsets(lengths: list[int]) -> "pyarrow.Array":
+    """The int32 offsets 0, l0, l0 + l1, ... of a list or string array with values of these lengths."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"a row group holds {offsets[-1]} values or bytes; Arrow's 32-bit offsets allow under 2**31")
+    return pa.Array.from_buffers(pa.int32(), len(offsets), [None, pa.py_buffer(offsets.astype(np.int32))])
+
+
+def _utf8(values) -> "pyarrow.Array":
+    """A string array of ``values`` (str)."""
+    import pyarrow as pa
+
+    encoded = [v.encode() for v in values]
+    offsets = _offsets([len(b) for b in encoded])
+    return pa.Array.from_buffers(pa.string(), len(encoded), [None, offsets.buffers()[1], pa.py_buffer(b"".join(encoded))])

@@ -6,14 +6,18 @@ The hand-worked example uses a two-dimension taxonomy, gender [Female, Male, NA]
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from verl_confprofile.calibration import Calibrator
 from verl_confprofile.cli import main
 from verl_confprofile.data_prep import prompt
 from verl_confprofile.data_prep.build_sft import NO_EVIDENCE
 from verl_confprofile.data_prep.engine import LocalEngine, RayEngine, plan_chunks
+from verl_confprofile.data_prep.outputs import ROW_GROUP, sft_table, write_parquet
 from verl_confprofile.data_prep.simulated import SimulatedPopulation
 from verl_confprofile.data_prep.votes import VoteJob
 from verl_confprofile.taxonomy import Taxonomy
@@ -375,3 +379,29 @@ def test_ray_and_local_builds_write_the_same_rows(local_ray, simulated, tmp_path
     assert local.pop("options")["engine"] == "local"
     assert ray_report == local
     assert (tmp_path / "ray" / "calibration.json").read_text() == (tmp_path / "local" / "calibration.json").read_text()
+
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": text})
+sft_rows = st.lists(st.fixed_dictionaries({"messages": st.lists(message, max_size=4), "user_id": text}), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sft_rows)
+def test_sft_table_is_what_arrow_converts_to_the_sft_schema(rows):
+    # The schema verl's MultiTurnSFTDataset reads, written out here; Arrow's own conversion is the reference.
+    schema = pa.schema([
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("user_id", pa.string()),
+    ])
+    table = sft_table(rows)
+    table.validate(full=True)
+    assert table.equals(pa.Table.from_pylist(rows, schema=schema))
+
+
+def test_sft_parquet_is_written_in_row_groups(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"q{i} \u00e9\u4e2d"}], "user_id": f"u{i}"} for i in range(ROW_GROUP + 5)]
+    path = tmp_path / "sft.parquet"
+    write_parquet(rows, str(path), sft_table)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2  # ROW_GROUP rows, then the 5 left
+    assert pq.read_table(path).to_pylist() == rows
