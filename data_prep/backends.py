@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 from verl_confprofile.taxonomy import Taxonomy
 
@@ -74,16 +76,40 @@ class RetryPolicy:
     """Exponential backoff with jitter: the k-th retry waits between d/2 and d, d = first * 2**k (capped).
 
     The jitter spreads the retries of many concurrent requests that hit the same rate limit, so
-    they do not come back all at once.
+    they do not come back all at once. A wait the server asks for (Retry-After) is kept instead,
+    when it is at most ``max_delay``; a longer one is a quota, not a rate limit, and the backoff
+    applies.
     """
 
     max_retries: int = 6
     first_delay: float = 1.0
     max_delay: float = 60.0
 
-    def delay(self, retry: int, rng: random.Random) -> float:
+    def delay(self, retry: int, rng: random.Random, asked: float | None = None) -> float:
+        if asked is not None and asked <= self.max_delay:
+            return asked
         d = min(self.max_delay, self.first_delay * 2**retry)
         return d / 2 + rng.uniform(0, d / 2)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The seconds a refusal (429, 503) asks the client to wait, from ``retry-after-ms`` (as
+    OpenAI sends it) or ``Retry-After`` (seconds, or an HTTP date); None when neither is readable."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            continue
+        if when.tzinfo is not None:
+            return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return None
 
 
 def completion_text(message: Any) -> str:
@@ -117,7 +143,8 @@ class OpenAIBackend:
     ``concurrency`` workers share one queue of samples, so at most that many requests are in
     flight and pending prompts are built only when a worker takes them (memory stays flat for
     any number of users). The client's own retries are off: this class retries 408, 429, 5xx,
-    timeouts and connection errors with ``RetryPolicy``; other 4xx fail the sample at once.
+    timeouts and connection errors with ``RetryPolicy`` (waiting as long as a Retry-After header
+    asks); other 4xx fail the sample at once.
     401/403/404 stop the run (``EndpointError``), and so does a sample that runs out of retries
     before the endpoint has answered anything at all: a wrong URL or a server that is down
     would otherwise fail every sample only after its full backoff.
@@ -171,10 +198,10 @@ class OpenAIBackend:
         params = dict(self.params)
         if self.seed is not None:
             params["seed"] = self.seed + idx
-        reason = ""
+        reason, asked = "", None
         for attempt in range(self.retry.max_retries + 1):
             if attempt:
-                await asyncio.sleep(self.retry.delay(attempt - 1, self._rng))
+                await asyncio.sleep(self.retry.delay(attempt - 1, self._rng, asked))
             try:
                 response = await client.chat.completions.create(model=self.model, messages=job.messages, **params)
             except openai.APIStatusError as exc:
@@ -183,9 +210,9 @@ class OpenAIBackend:
                     raise EndpointError(f"{_describe(exc)} (check the model name, --base-url and the API key)") from None
                 if exc.status_code not in RETRY_STATUS and exc.status_code < 500:
                     return Outcome(job.user_id, idx, error=_describe(exc))
-                reason = _describe(exc)
+                reason, asked = _describe(exc), retry_after(exc.response.headers)
             except openai.APIConnectionError as exc:  # APITimeoutError included
-                reason = _describe(exc)
+                reason, asked = _describe(exc), None
             except openai.APIError as exc:
                 return Outcome(job.user_id, idx, error=_describe(exc))
             else:

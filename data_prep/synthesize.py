@@ -5,7 +5,8 @@ Input: user records (``records.read_records``). Output: the samples JSONL that `
 the raw text kept whole so a parser change never means asking the teacher again.
 
 The output file is only ever appended to, one complete line per finished sample (a single
-write, then a flush), so it is also the run's checkpoint. On start, the command reads what is
+write, then a flush), so it is also the run's checkpoint; a run holds a lock on it, so a
+second run on the same file is refused rather than drawing the same samples. On start, the command reads what is
 already there and samples only the (user_id, sample_idx) pairs that are missing: a re-run
 after a crash or Ctrl-C sends no request for a sample on disk, and raising M later adds just
 the new indices. A last line without its newline is the remainder of an interrupted write; it
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator, TextIO
 
 from verl_confprofile.jsonl import InputError
 from verl_confprofile.jsonl import field as checked_field
@@ -128,10 +131,32 @@ def missing_samples(user_ids: Iterable[str], done: set[tuple[str, int]], num_sam
     return missing
 
 
+@contextmanager
+def locked_for_append(path: str) -> Iterator[TextIO]:
+    """``path`` opened for appending, with an exclusive lock held until the block ends.
+
+    Two runs appending to one file would each draw the samples the other is drawing; the second
+    is refused instead. The lock (flock) goes with the process, so a crash never leaves it behind.
+    """
+    try:
+        fh = open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open for appending: {exc.strerror}") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"{path}: another process (a running `confprofile synthesize`?) holds this file; wait for it or choose another --out"
+            ) from None
+        yield fh
+
+
 async def synthesize(
-    backend: Backend, records: dict[str, dict], missing: dict[str, tuple[int, ...]], taxonomy: Taxonomy, out: str, tally: Tally
+    backend: Backend, records: dict[str, dict], missing: dict[str, tuple[int, ...]], taxonomy: Taxonomy, fh: TextIO, tally: Tally
 ) -> None:
-    """Draw the missing samples and append each to ``out`` as it arrives, counting into ``tally``.
+    """Draw the missing samples and append each to the samples file ``fh`` as it arrives,
+    counting into ``tally``.
 
     Prompts are rendered as the backend asks for jobs, not all up front. ``tally`` belongs to
     the caller so the counts survive an interruption.
@@ -140,7 +165,7 @@ async def synthesize(
 
     jobs = (Job(user, idxs, messages(records[user], taxonomy)) for user, idxs in missing.items())
     total = sum(map(len, missing.values()))
-    with open(out, "a", encoding="utf-8") as fh, tqdm(total=total, unit="sample", desc="synthesize", disable=None) as bar:
+    with tqdm(total=total, unit="sample", desc="synthesize", disable=None) as bar:
 
         def emit(outcome: Outcome) -> None:
             if outcome.text is None:
@@ -193,22 +218,23 @@ def run(args: argparse.Namespace) -> None:
     print(f"read {len(records.records)} users from {args.records}")
     for reason, n in records.skipped.items():
         print(f"  skipped {n} records: {reason} (first at {records.examples[reason]})")
-    on_disk = scan_output(args.out, backend.model)
-    if on_disk.cut_bytes:
-        print(f"{args.out}: removed an incomplete last line ({on_disk.cut_bytes} bytes) left by an interrupted write")
-    missing = missing_samples(records.records, on_disk.done, args.num_samples)
-    total = sum(map(len, missing.values()))
-    wanted = len(records.records) * args.num_samples
-    print(f"{len(records.records)} users x {args.num_samples} samples: {wanted - total} already in {args.out}, "
-          f"{total} to draw from {backend.model} ({args.backend})")
     tally = Tally()
     interrupted = False
-    try:
-        asyncio.run(synthesize(backend, records.records, missing, taxonomy, args.out, tally))
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        print(f"wrote {tally.written} samples to {args.out}; failed: {sum(tally.failed.values())}")
+    with locked_for_append(args.out) as fh:
+        on_disk = scan_output(args.out, backend.model)
+        if on_disk.cut_bytes:
+            print(f"{args.out}: removed an incomplete last line ({on_disk.cut_bytes} bytes) left by an interrupted write")
+        missing = missing_samples(records.records, on_disk.done, args.num_samples)
+        total = sum(map(len, missing.values()))
+        wanted = len(records.records) * args.num_samples
+        print(f"{len(records.records)} users x {args.num_samples} samples: {wanted - total} already in {args.out}, "
+              f"{total} to draw from {backend.model} ({args.backend})")
+        try:
+            asyncio.run(synthesize(backend, records.records, missing, taxonomy, fh, tally))
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            print(f"wrote {tally.written} samples to {args.out}; failed: {sum(tally.failed.values())}")
     if interrupted:
         print(f"confprofile synthesize: interrupted; finished samples are in {args.out}, run the same command again to resume", file=sys.stderr)
         raise SystemExit(130)

@@ -9,20 +9,26 @@ requests per (user, sample), and follows a per-test script: answer, fail with a 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import random
 import re
 import signal
 import socket
 import sys
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 
 from verl_confprofile.cli import main
+from verl_confprofile.data_prep.backends import RetryPolicy, retry_after
 from verl_confprofile.data_prep.simulated import SimulatedPopulation
 from verl_confprofile.profile_format import parse_profile
 from verl_confprofile.taxonomy import Taxonomy
@@ -48,6 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
         user = re.search(r"clue-(\w+)", body["messages"][-1]["content"]).group(1)
         idx = body["seed"] - SEED
         with teacher.cond:
+            teacher.arrivals[user, idx].append(time.monotonic())
             teacher.attempts[user, idx] += 1
             attempt = teacher.attempts[user, idx]
             teacher.bodies.append(body)
@@ -64,6 +71,9 @@ class _Handler(BaseHTTPRequestHandler):
             teacher.in_flight -= 1
             teacher.finished += 1
             teacher.cond.notify_all()
+        headers = {}
+        if isinstance(reply, tuple):
+            reply, headers = reply
         if isinstance(reply, int):
             status, payload = reply, {"error": {"message": f"scripted {reply} for {user}", "type": "test"}}
         else:
@@ -78,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except OSError:  # the client gave up on a stalled request and closed the connection
@@ -88,7 +100,8 @@ class Teacher(ThreadingHTTPServer):
     """A scripted OpenAI-compatible /v1/chat/completions endpoint on loopback.
 
     ``script(user, idx, attempt)`` returns None (answer), a dict of extra message fields
-    (answer with them), an HTTP status (fail with it) or STALL (hold until the test ends).
+    (answer with them), an HTTP status (fail with it), a (status, headers) pair, or STALL (hold
+    until the test ends). ``arrivals`` has the monotonic time of every request per (user, idx).
     ``gate=(width, total)`` holds each request until ``width`` are in flight at once (or all
     the remaining ones are), so the concurrency a client reaches is deterministic.
     """
@@ -101,6 +114,7 @@ class Teacher(ThreadingHTTPServer):
         self.gate = gate
         self.cond = threading.Condition()
         self.attempts: Counter = Counter()
+        self.arrivals: defaultdict = defaultdict(list)
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = self.finished = 0
         self.released = threading.Event()
@@ -219,6 +233,46 @@ def test_rate_limits_and_server_errors_are_retried(tmp_path, teacher):
 
     assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1), ("u2", 0), ("u2", 1)]
     assert server.attempts == {("u0", 0): 3, ("u0", 1): 1, ("u1", 0): 1, ("u1", 1): 4, ("u2", 0): 1, ("u2", 1): 1}
+
+
+def test_the_wait_a_refusal_asks_for_is_kept(tmp_path, teacher):
+    # (u0, 0) is refused twice: 429 with Retry-After: 1 (seconds), then 503 with retry-after-ms: 400.
+    # The backoff alone (--retry-delay 0.01) would come back after 5-20 ms.
+    refusals = {1: (429, {"Retry-After": "1"}), 2: (503, {"retry-after-ms": "400"})}
+    server = teacher(lambda user, idx, attempt: refusals.get(attempt) if (user, idx) == ("u0", 0) else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+
+    assert synthesize(records, tmp_path / "samples.jsonl", server) == 0
+
+    first, second, third = server.arrivals["u0", 0]
+    assert second - first >= 1.0 and third - second >= 0.4
+
+
+def test_retry_after_values_by_hand():
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after": "0.5"}) == 0.5
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5  # the finer one first, as OpenAI sends both
+    assert retry_after({"retry-after": "-3"}) == 0.0
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # a date in the past: now
+    soon = retry_after({"retry-after": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)})
+    assert 25 < soon <= 30
+    assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
+    policy = RetryPolicy(first_delay=1.0, max_delay=60.0)
+    assert policy.delay(0, random.Random(0), asked=7.5) == 7.5
+    # A wait longer than max_delay is a quota: the backoff (between d/2 and d, d = 1 * 2**3 = 8) applies.
+    assert 4.0 <= policy.delay(3, random.Random(0), asked=3600) <= 8.0
+
+
+def test_a_second_run_on_the_same_file_is_refused(tmp_path, teacher, capsys):
+    server = teacher()
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    out = tmp_path / "samples.jsonl"
+    with open(out, "a") as held:  # what a running synthesize holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert synthesize(records, out, server) == 2
+    assert f"{out}: another process" in capsys.readouterr().err
+    assert not server.attempts  # refused before any request
+    assert synthesize(records, out, server) == 0  # the lock went with its holder
 
 
 def test_stalled_requests_time_out_and_are_retried(tmp_path, teacher):
