@@ -36,9 +36,10 @@ from fractions import Fraction
 from random import Random
 from typing import Iterable, Sequence
 
+from verl_confprofile import calibration
 from verl_confprofile.calibration import equal_frequency_cuts
 
-LEVELS = (1, 2, 3, 4, 5)
+LEVELS = tuple(range(1, calibration.LEVELS + 1))  # the levels 1..5, of difficulty as of confidence
 ORIGINAL = "original"
 SHAPES: dict[str, tuple[int, ...]] = {
     "uniform": (1, 1, 1, 1, 1),

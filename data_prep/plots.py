@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-LEVELS = (1, 2, 3, 4, 5)
+from .difficulty import LEVELS
 
 
 def _canvas(width: float, height: float):

@@ -139,3 +139,12 @@ def tally_of(texts, evidence, one_pass):
 def test_folding_raw_texts_equals_folding_their_parsed_outputs(texts, evidence):
     # The reference: every text through the parser's rules, then fold; add_text may take the compiled pass.
     assert tally_of(texts, evidence, one_pass=True) == tally_of(texts, evidence, one_pass=False)
+
+
+def test_a_malformed_output_needs_only_its_tag():
+    # Both folds look no further than item 0 of a malformed output, and need no evidence without ``best``.
+    outs = [(None,), ("18-23", 3)] + [(None,)] * (len(TAX.keys) - 2)
+    for fold_fn in (fold, _fold):
+        choices = [[] for _ in TAX.keys]
+        fold_fn(choices, None, choice_pairs(TAX), outs, 0, MALFORMED)
+        assert choices[:2] == [[MALFORMED], [("18-23", 3)]]

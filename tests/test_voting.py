@@ -213,3 +213,8 @@ def test_compiled_winner_equals_the_python_reference(items, by_count):
     assert winner(iter(items), AGE._rank, by_count) == expected
     if expected is not None:
         assert [type(x) for x in winner(items, AGE._rank, by_count)] == [str, float, int, float, int]
+
+
+def test_a_malformed_choice_needs_only_its_tag():
+    # NA: S = 2 over one vote, no runner-up (margin 2); the 1-item malformed choice is skipped by both.
+    assert winner([(None,), ("NA", 2)], AGE._rank, False) == _winner([(None,), ("NA", 2)], AGE._rank, False) == ("NA", 2.0, 1, 2.0, 1)

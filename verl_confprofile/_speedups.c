@@ -374,7 +374,7 @@ fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         out = PyIter_Next(it);
         if (out == NULL)
             break;
-        out = as_tuple(out, 3, "fold: an output needs a tag, a score and an evidence");
+        out = as_tuple(out, 1, "fold: an output needs a tag");
         if (out == NULL)
             goto fail_it;
         tag = PyTuple_GET_ITEM(out, 0);
@@ -384,6 +384,10 @@ fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (ok < 0)
                 goto fail_it;
             continue;
+        }
+        if (PyTuple_GET_SIZE(out) < (best == Py_None ? 2 : 3)) {
+            PyErr_SetString(PyExc_IndexError, "fold: a well-formed output needs a tag, a score and an evidence");
+            goto fail;
         }
         score = PyTuple_GET_ITEM(out, 1);
         row = PyDict_GetItemWithError(PyTuple_GET_ITEM(pairs, i), tag); /* borrowed */
@@ -534,15 +538,19 @@ tag_totals(PyObject *module, PyObject *choices)
     while ((item = PyIter_Next(it)) != NULL) {
         PyObject *tag, *conf, *cell, *sum, *count;
 
-        item = as_tuple(item, 2, "tag_totals: a choice needs a tag and a confidence");
+        item = as_tuple(item, 1, "tag_totals: a choice needs a tag");
         if (item == NULL)
             goto fail_it;
         tag = PyTuple_GET_ITEM(item, 0);
-        conf = PyTuple_GET_ITEM(item, 1);
         if (tag == Py_None) {
             Py_DECREF(item);
             continue;
         }
+        if (PyTuple_GET_SIZE(item) < 2) {
+            PyErr_SetString(PyExc_IndexError, "tag_totals: a well-formed choice needs a tag and a confidence");
+            goto fail;
+        }
+        conf = PyTuple_GET_ITEM(item, 1);
         n_valid++;
         cell = PyDict_GetItemWithError(totals, tag); /* borrowed */
         if (cell == NULL) {
