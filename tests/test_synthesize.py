@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import types
 import time
 from collections import Counter, defaultdict
 from email.utils import format_datetime
@@ -482,3 +483,76 @@ def test_vllm_missing_gives_install_advice(tmp_path, monkeypatch, capsys):
     assert "pip install 'verl-confprofile[vllm]'" in err
     assert "vllm serve" in err and "--backend openai" in err
     assert not (tmp_path / "s.jsonl").exists()
+
+
+class FakeVLLM(types.ModuleType):
+    """A stand-in for the vllm package (not installable here) with the interface the backend uses:
+    ``LLM(model, **engine_args).chat(conversations, sampling_params, use_tqdm=...)`` and
+    ``SamplingParams(n, max_tokens, seed, temperature)``. As vLLM's parallel sampling does, a
+    request with n and seed s draws its n sequences with seeds s, s + 1, ...; a sequence's text
+    depends only on the user's clue and its seed, so re-drawing an index gives its first text.
+    ``log`` records every engine made and every chat call (its requests as (user, n, seed)).
+    """
+
+    def __init__(self):
+        super().__init__("vllm")
+        self.log: list[tuple] = []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, n=1, max_tokens=16, seed=None, temperature=1.0):
+                self.n, self.max_tokens, self.seed, self.temperature = n, max_tokens, seed, temperature
+
+        class LLM:
+            def __init__(self, model, **engine_args):
+                fake.log.append(("engine", model, engine_args))
+
+            def chat(self, messages, sampling_params, use_tqdm=True):
+                requests, outputs = [], []
+                for conversation, params in zip(messages, sampling_params, strict=True):
+                    user = re.search(r"clue-(\w+)", conversation[-1]["content"]).group(1)
+                    requests.append((user, params.n, params.seed, params.max_tokens, params.temperature))
+                    texts = [answer(user, params.seed + i - SEED) for i in range(params.n)]
+                    outputs.append(SimpleNamespace(outputs=[SimpleNamespace(text=t) for t in texts]))
+                fake.log.append(("chat", requests))
+                return outputs
+
+        self.LLM, self.SamplingParams = LLM, SamplingParams
+
+
+def test_vllm_backend_batches_users_draws_n_per_prompt_and_resumes(tmp_path, monkeypatch, capsys):
+    vllm = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    users = ["u0", "u1", "u2", "u3", "u4"]
+    records = write_records(tmp_path / "records.jsonl", users)
+    out = tmp_path / "samples.jsonl"
+
+    def run(*extra):
+        vllm.log.clear()
+        return main(["synthesize", "--records", records, "--out", str(out), "--backend", "vllm", "--model", "ckpt",
+                     "--num-samples", "3", "--seed", str(SEED), "--batch-size", "2", *extra])
+
+    # A fresh run: one engine; 2 + 2 + 1 users per call, one request of n = 3 (seed S) per user.
+    assert run("--engine-arg", "tensor_parallel_size=2", "--max-tokens", "256", "--temperature", "0.6") == 0
+    fresh = [(u, 3, SEED, 256, 0.6) for u in users]
+    assert vllm.log == [("engine", "ckpt", {"tensor_parallel_size": 2}),
+                        ("chat", fresh[0:2]), ("chat", fresh[2:4]), ("chat", fresh[4:])]
+    samples = read_samples(out)
+    assert {(s["user_id"], s["sample_idx"]): s["text"] for s in samples} == {(u, i): answer(u, i) for u in users for i in range(3)}
+    assert {s["model"] for s in samples} == {"ckpt"}
+
+    # Lose (u0, 1), (u3, 0) and (u3, 2): a re-run asks only for them, one request per run of
+    # consecutive indices, each with seed S + its first index; without --max-tokens vLLM gets None
+    # (run to the end of the context) and without --temperature its own default.
+    lost = {("u0", 1), ("u3", 0), ("u3", 2)}
+    out.write_text("".join(json.dumps(s) + "\n" for s in samples if (s["user_id"], s["sample_idx"]) not in lost))
+    assert run() == 0
+    assert vllm.log == [("engine", "ckpt", {}),
+                        ("chat", [("u0", 1, SEED + 1, None, 1.0), ("u3", 1, SEED, None, 1.0), ("u3", 1, SEED + 2, None, 1.0)])]
+    redrawn = {(s["user_id"], s["sample_idx"]): s["text"] for s in read_samples(out)}
+    assert redrawn == {(u, i): answer(u, i) for u in users for i in range(3)}  # the same texts as the first draw
+
+    # Nothing missing: no engine is made at all.
+    assert run() == 0
+    assert vllm.log == []
+    assert "15 already in" in capsys.readouterr().out
