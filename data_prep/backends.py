@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -76,9 +77,9 @@ class RetryPolicy:
     """Exponential backoff with jitter: the k-th retry waits between d/2 and d, d = first * 2**k (capped).
 
     The jitter spreads the retries of many concurrent requests that hit the same rate limit, so
-    they do not come back all at once. A wait the server asks for (Retry-After) is kept instead,
-    when it is at most ``max_delay``; a longer one is a quota, not a rate limit, and the backoff
-    applies.
+    they do not come back all at once. A wait the server asks for (Retry-After) is a floor on
+    that delay when it is at most ``max_delay``; a longer one is a quota rather than a rate
+    limit, and the backoff alone applies.
     """
 
     max_retries: int = 6
@@ -86,15 +87,16 @@ class RetryPolicy:
     max_delay: float = 60.0
 
     def delay(self, retry: int, rng: random.Random, asked: float | None = None) -> float:
-        if asked is not None and asked <= self.max_delay:
-            return asked
         d = min(self.max_delay, self.first_delay * 2**retry)
-        return d / 2 + rng.uniform(0, d / 2)
+        backoff = d / 2 + rng.uniform(0, d / 2)
+        return max(backoff, asked) if asked is not None and asked <= self.max_delay else backoff
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """The seconds a refusal (429, 503) asks the client to wait, from ``retry-after-ms`` (as
-    OpenAI sends it) or ``Retry-After`` (seconds, or an HTTP date); None when neither is readable."""
+    OpenAI sends it) or ``Retry-After`` (seconds, or an HTTP date); None when neither is readable.
+    Header names are matched in any case."""
+    headers = {name.lower(): value for name, value in headers.items()}
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:
@@ -112,19 +114,28 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def completion_text(message: Any) -> str:
     """The raw text of a chat completion message, reasoning included.
 
     Reasoning models served with a reasoning parser return their chain of thought separately
     (``reasoning_content`` in DeepSeek's API and older vLLM, ``reasoning`` in newer vLLM and
     OpenRouter); it is put back in front as ``<think>...</think>`` so the stored text is the
-    whole output, as a model without the parser would have written it.
+    whole output, as a model without the parser would have written it. A lone surrogate (an
+    escape such as \\ud800 that JSON lets through) becomes U+FFFD: UTF-8 cannot store it.
     """
     content = message.content or ""
     for name in ("reasoning_content", "reasoning"):
         reasoning = getattr(message, name, None)
         if isinstance(reasoning, str) and reasoning:
-            return f"<think>{reasoning}</think>\n{content}"
+            content = f"<think>{reasoning}</think>\n{content}"
+            break
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        content = _SURROGATE.sub("\ufffd", content)
     return content
 
 

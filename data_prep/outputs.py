@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import pyarrow
 
 ROW_GROUP = 2048  # rows per parquet row group
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
-import json
 import os
 import sys
 from collections import Counter
@@ -28,9 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, TextIO
 
-from verl_confprofile.jsonl import InputError
+from verl_confprofile.jsonl import InputError, JSONDecodeError, loads, sample_fields, write_line
 from verl_confprofile.jsonl import field as checked_field
-from verl_confprofile.jsonl import write_line
 from verl_confprofile.taxonomy import Taxonomy
 
 from .backends import Backend, Job, OpenAIBackend, Outcome, RetryPolicy, SimulatedBackend, VLLMBackend
@@ -96,16 +93,16 @@ def scan_output(path: str, model: str) -> OnDisk:
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
-            except ValueError as exc:
+                obj = loads(raw)
+            except JSONDecodeError as exc:
                 raise InputError(
-                    f"{path}:{lineno}: not a sample line ({exc}); synthesize only appends to --out, so this file has other content"
+                    f"{path}:{lineno}: not a sample line ({exc.msg}, column {exc.colno}); synthesize only appends to --out, "
+                    "so this file has other content"
                 ) from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            user = str(checked_field(obj, "user_id", (str, int), path, lineno))
-            idx = checked_field(obj, "sample_idx", int, path, lineno)
-            checked_field(obj, "text", str, path, lineno)
+            user, idx, _ = sample_fields(obj, path, lineno)
+            user = str(user)
             found = checked_field(obj, "model", str, path, lineno)
             if found != model:
                 raise InputError(
@@ -137,6 +134,8 @@ def locked_for_append(path: str) -> Iterator[TextIO]:
 
     Two runs appending to one file would each draw the samples the other is drawing; the second
     is refused instead. The lock (flock) goes with the process, so a crash never leaves it behind.
+    Where files cannot be locked (some network file systems, or no fcntl), a warning says so and
+    the run goes on unlocked.
     """
     try:
         fh = open(path, "a", encoding="utf-8")
@@ -144,11 +143,16 @@ def locked_for_append(path: str) -> Iterator[TextIO]:
         raise InputError(f"{path}: cannot open for appending: {exc.strerror}") from None
     with fh:
         try:
+            import fcntl
+
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError(
                 f"{path}: another process (a running `confprofile synthesize`?) holds this file; wait for it or choose another --out"
             ) from None
+        except (ImportError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "no fcntl on this system"
+            print(f"warning: {path}: cannot lock ({reason}); make sure no other run appends to it", file=sys.stderr)
         yield fh
 
 

@@ -236,6 +236,9 @@ def test_bad_inputs_are_counted_and_named(small, tmp_path, capsys):
         ("records", json.dumps(record("u1")), "records.jsonl:2: duplicate user_id 'u1' (first at line 1)"),
         ("samples", json.dumps({"user_id": "u1", "sample_idx": 5}), "samples.jsonl:2: missing field 'text'"),
         ("samples", json.dumps({"user_id": "u1", "sample_idx": "5", "text": ""}), "samples.jsonl:2: field 'sample_idx' must be int"),
+        ("samples", json.dumps({"user_id": "u1", "sample_idx": -1, "text": ""}),
+         "samples.jsonl:2: field 'sample_idx' must be an integer from 0 to 2**63 - 1, got -1"),
+        ("samples", json.dumps({"user_id": "u1", "sample_idx": 2**63, "text": ""}), "samples.jsonl:2: field 'sample_idx' must be an integer from 0"),
     ],
 )
 def test_input_errors_name_file_and_line(tmp_path, capsys, which, line, expected):

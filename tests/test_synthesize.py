@@ -209,6 +209,18 @@ def test_openai_writes_every_sample_with_the_prompt_and_reasoning(tmp_path, teac
     assert "wrote 6 samples" in stdout
 
 
+def test_a_lone_surrogate_in_an_answer_is_replaced_not_fatal(tmp_path, teacher):
+    # JSON lets "\\ud800" through, UTF-8 cannot store it: the sample is kept with U+FFFD in its place.
+    server = teacher(lambda user, idx, attempt: {"content": "<gender><evidence>x\ud800y</evidence>"} if idx == 1 else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server) == 0
+
+    texts = {s["sample_idx"]: s["text"] for s in read_samples(out)}
+    assert texts == {0: answer("u0", 0), 1: "<gender><evidence>x\ufffdy</evidence>"}
+
+
 def test_custom_taxonomy_changes_the_prompt(tmp_path, teacher):
     server = teacher()
     taxonomy = tmp_path / "pets.yaml"
@@ -250,7 +262,7 @@ def test_the_wait_a_refusal_asks_for_is_kept(tmp_path, teacher):
 
 
 def test_retry_after_values_by_hand():
-    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"Retry-After": "2"}) == 2.0  # any case
     assert retry_after({"retry-after": "0.5"}) == 0.5
     assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5  # the finer one first, as OpenAI sends both
     assert retry_after({"retry-after": "-3"}) == 0.0
@@ -259,8 +271,10 @@ def test_retry_after_values_by_hand():
     assert 25 < soon <= 30
     assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
     policy = RetryPolicy(first_delay=1.0, max_delay=60.0)
-    assert policy.delay(0, random.Random(0), asked=7.5) == 7.5
-    # A wait longer than max_delay is a quota: the backoff (between d/2 and d, d = 1 * 2**3 = 8) applies.
+    # The asked wait is a floor on the backoff (retry k waits between d/2 and d, d = 1 * 2**k) ...
+    assert policy.delay(0, random.Random(0), asked=7.5) == 7.5  # d = 1
+    assert 4.0 <= policy.delay(3, random.Random(0), asked=0.0) <= 8.0  # d = 8: "now" does not cut it short
+    # ... unless it is longer than max_delay: a quota, so the backoff alone applies.
     assert 4.0 <= policy.delay(3, random.Random(0), asked=3600) <= 8.0
 
 

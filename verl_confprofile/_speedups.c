@@ -4,7 +4,8 @@
    read_canonical(text, spec) -> {key: DimensionOutput}             (profile_format.ProfileParser)
    fold(choices, best, pairs, outputs, sample_idx, malformed) -> None (tally._fold)
    fold_canonical(text, spec, choices, best, pairs, sample_idx) -> bool
-                                   (tally._fold_canonical: parse, then fold, in one pass)
+                   (the reference: tally._fold of the parser's outputs, in one pass; without
+                    this module tally._fold_canonical reads nothing and the reference runs)
    winner(choices, rank, by_count) -> (tag, S, count, margin, n_valid) or None (voting._winner)
 
    spec is built once per taxonomy by profile_format.ProfileParser:
@@ -314,6 +315,20 @@ as_tuple(PyObject *item, Py_ssize_t need, const char *what)
     return seq;
 }
 
+/* A sample_idx as a C long whose negation is one too (entries hold -sample_idx); -1 with an
+   exception set when it is out of that range. */
+static long
+sample_index(PyObject *value)
+{
+    long idx = PyLong_AsLong(value);
+
+    if (idx == LONG_MIN) {
+        PyErr_SetString(PyExc_OverflowError, "sample_idx out of range");
+        return -1;
+    }
+    return idx;
+}
+
 /* Whether an entry (has_evidence, level, -sample_idx, ...) beats the one slot[tag] holds on its
    first three items (or slot holds none): 1, 0, or -1 with an exception set. */
 static int
@@ -333,9 +348,11 @@ beats_held(PyObject *slot, PyObject *tag, int has_evidence, long level, long sam
         PyErr_SetString(PyExc_TypeError, "a held evidence entry must be a 4-tuple");
         return -1;
     }
+    Py_INCREF(held); /* converting its items may run Python code that changes slot */
     h0 = PyLong_AsLong(PyTuple_GET_ITEM(held, 0));
     h1 = PyLong_AsLong(PyTuple_GET_ITEM(held, 1));
     h2 = PyLong_AsLong(PyTuple_GET_ITEM(held, 2));
+    Py_DECREF(held);
     if (PyErr_Occurred())
         return -1;
     return has_evidence > h0 || (has_evidence == h0 && (level > h1 || (level == h1 && -sample_idx > h2)));
@@ -359,7 +376,7 @@ fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     choices = args[0];
     best = args[1];
     pairs = args[2];
-    sample_idx = PyLong_AsLong(args[4]);
+    sample_idx = sample_index(args[4]);
     if (sample_idx == -1 && PyErr_Occurred())
         return NULL;
     it = PyObject_GetIter(args[3]);
@@ -410,8 +427,10 @@ fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         slot = PyList_GET_ITEM(best, i);
         evidence = PyTuple_GET_ITEM(out, 2);
         has_evidence = PyObject_IsTrue(evidence);
+        if (has_evidence < 0)
+            goto fail;
         level = PyLong_AsLong(score);
-        if (has_evidence < 0 || (level == -1 && PyErr_Occurred()))
+        if (level == -1 && PyErr_Occurred())
             goto fail;
         ok = beats_held(slot, tag, has_evidence, level, sample_idx);
         if (ok <= 0) {
@@ -467,7 +486,7 @@ fold_canonical(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_Check(choices) || PyList_GET_SIZE(choices) < n_dims || !PyTuple_Check(pairs)
         || PyTuple_GET_SIZE(pairs) < n_dims || !(best == Py_None || (PyList_Check(best) && PyList_GET_SIZE(best) >= n_dims)))
         goto bad_args;
-    sample_idx = PyLong_AsLong(args[5]);
+    sample_idx = sample_index(args[5]);
     if (sample_idx == -1 && PyErr_Occurred())
         return NULL;
     if (!PyUnicode_Check(text))
@@ -684,7 +703,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"read_canonical", (PyCFunction)(void (*)(void))read_canonical, METH_FASTCALL,
-     "read_canonical(text, spec) -> {key: DimensionOutput} when the answer in text is canonical, else None."},
+     "read_canonical(text, spec) -> {key: DimensionOutput, or None where the general rules must decide}."},
     {"fold", (PyCFunction)(void (*)(void))fold, METH_FASTCALL,
      "fold(choices, best, pairs, outputs, sample_idx, malformed): one sample into a user's tally."},
     {"fold_canonical", (PyCFunction)(void (*)(void))fold_canonical, METH_FASTCALL,

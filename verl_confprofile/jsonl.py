@@ -13,6 +13,7 @@ from typing import IO, Iterator
 
 from orjson import JSONDecodeError, loads
 
+MAX_SAMPLE_IDX = 2**63 - 1
 READ_BUFFER = 1 << 20  # bytes per read call: the default (the disk block size, often 4 KiB) costs a system call per few lines
 
 
@@ -58,12 +59,16 @@ def sample_fields(obj: dict, path: str | os.PathLike, lineno: int) -> tuple[str 
     """(user_id, sample_idx, text) of a samples-file line, checked; a bad field raises InputError.
 
     Type checks first (the common case, cheap), ``field`` only for other valid types (an integer
-    user_id) or for the message naming the bad field.
+    user_id) or for the message naming the bad field. sample_idx counts a user's samples from 0
+    and must fit in 63 bits (the compiled tally keeps it as a C long).
     """
     user, idx, text = obj.get("user_id"), obj.get("sample_idx"), obj.get("text")
-    if type(user) is str and type(idx) is int and type(text) is str:
+    if type(user) is str and type(idx) is int and type(text) is str and 0 <= idx <= MAX_SAMPLE_IDX:
         return user, idx, text
-    return field(obj, "user_id", (str, int), path, lineno), field(obj, "sample_idx", int, path, lineno), field(obj, "text", str, path, lineno)
+    user, idx, text = field(obj, "user_id", (str, int), path, lineno), field(obj, "sample_idx", int, path, lineno), field(obj, "text", str, path, lineno)
+    if not 0 <= idx <= MAX_SAMPLE_IDX:
+        raise InputError(f"{path}:{lineno}: field 'sample_idx' must be an integer from 0 to 2**63 - 1, got {idx}")
+    return user, idx, text
 
 
 def write_line(fh: IO[str], obj: object) -> None:
