@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     import pyarrow
@@ -61,7 +61,7 @@ def _offsets(lengths: list[int]) -> "pyarrow.Array":
     return pa.Array.from_buffers(pa.int32(), len(offsets), [None, pa.py_buffer(offsets.astype(np.int32))])
 
 
-def _utf8(values) -> "pyarrow.Array":
+def _utf8(values: Iterable[str]) -> "pyarrow.Array":
     """A string array of ``values`` (str)."""
     import pyarrow as pa
 

@@ -358,7 +358,7 @@ beats_held(PyObject *slot, PyObject *tag, int has_evidence, long level, long sam
     return has_evidence > h0 || (has_evidence == h0 && (level > h1 || (level == h1 && -sample_idx > h2)));
 }
 
-/* fold: one sample into a user's tally, as tally.fold does it in Python:
+/* fold: one sample into a user's tally, as tally._fold does it in Python:
    for each dimension i (zip of choices, pairs and outputs): a malformed output (tag None)
    appends `malformed`; otherwise choices[i] gets pairs[i][tag][score] and, when best is not
    None, best[i][tag] becomes (has_evidence, score, -sample_idx, evidence) if that beats the
@@ -539,7 +539,7 @@ bad_args:
 }
 
 /* tag_totals: S_t = sum of confidences and count_t per tag over (tag, confidence, ...) items,
-   skipping malformed ones (tag None), as voting.tag_totals does in Python. */
+   skipping malformed ones (tag None), as voting._tag_totals does in Python (for winner). */
 static PyObject *
 tag_totals(PyObject *module, PyObject *choices)
 {
