@@ -6,10 +6,10 @@ the raw text kept whole so a parser change never means asking the teacher again.
 
 The output file is only ever appended to, one complete line per finished sample (a single
 write, then a flush), so it is also the run's checkpoint; a run holds a lock on it, so a
-second run on the same file is refused rather than drawing the same samples. On start, the command reads what is
-already there and samples only the (user_id, sample_idx) pairs that are missing: a re-run
-after a crash or Ctrl-C sends no request for a sample on disk, and raising M later adds just
-the new indices. A last line without its newline is the remainder of an interrupted write; it
+second run on the same file is refused rather than drawing the same samples. On start, the
+command reads what is already there and samples only the (user_id, sample_idx) pairs that
+are missing: a re-run after a crash or Ctrl-C sends no request for a sample on disk, and
+raising M later adds just the new indices. A last line without its newline is the remainder of an interrupted write; it
 is cut off, reported, and its sample drawn again. Samples that still fail after all retries
 are counted by reason and make the command exit with an error; they are simply missing from
 the file, so the next run retries exactly them.

@@ -358,6 +358,21 @@ beats_held(PyObject *slot, PyObject *tag, int has_evidence, long level, long sam
     return has_evidence > h0 || (has_evidence == h0 && (level > h1 || (level == h1 && -sample_idx > h2)));
 }
 
+/* Stores the entry (has_evidence, score, -sample_idx, evidence) as slot[tag], the layout
+   beats_held reads. 0, or -1 with an exception set. */
+static int
+hold_entry(PyObject *slot, PyObject *tag, int has_evidence, PyObject *score, long sample_idx, PyObject *evidence)
+{
+    PyObject *entry = Py_BuildValue("(OOlO)", has_evidence ? Py_True : Py_False, score, -sample_idx, evidence);
+    int ok;
+
+    if (entry == NULL)
+        return -1;
+    ok = PyDict_SetItem(slot, tag, entry);
+    Py_DECREF(entry);
+    return ok;
+}
+
 /* fold: one sample into a user's tally, as tally._fold does it in Python:
    for each dimension i (zip of choices, pairs and outputs): a malformed output (tag None)
    appends `malformed`; otherwise choices[i] gets pairs[i][tag][score] and, when best is not
@@ -384,7 +399,7 @@ fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(choices) && i < PyTuple_GET_SIZE(pairs)
                            && (best == Py_None || i < PyList_GET_SIZE(best)); i++) {
-        PyObject *tag, *score, *row, *pair, *evidence, *slot, *entry;
+        PyObject *tag, *score, *row, *pair, *evidence, *slot;
         long level;
         int has_evidence, ok;
 
@@ -439,11 +454,7 @@ fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto fail_it;
             continue;
         }
-        entry = Py_BuildValue("(OOlO)", has_evidence ? Py_True : Py_False, score, -sample_idx, evidence);
-        if (entry == NULL)
-            goto fail;
-        ok = PyDict_SetItem(slot, tag, entry);
-        Py_DECREF(entry);
+        ok = hold_entry(slot, tag, has_evidence, score, sample_idx, evidence);
         Py_DECREF(out);
         if (ok < 0)
             goto fail_it;
@@ -499,7 +510,7 @@ fold_canonical(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     for (Py_ssize_t i = 0; i < n_dims; i++) {
         const Inner *in = &ins[i];
-        PyObject *row, *slot, *evidence, *entry;
+        PyObject *row, *slot, *evidence, *score;
         int has_evidence = in->ev_end > in->ev_start, ok;
 
         row = PyDict_GetItemWithError(PyTuple_GET_ITEM(pairs, i), in->tag); /* borrowed */
@@ -520,14 +531,10 @@ fold_canonical(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         evidence = PyUnicode_Substring(text, in->ev_start, in->ev_end);
-        if (evidence == NULL)
-            return NULL;
-        entry = Py_BuildValue("(OllO)", has_evidence ? Py_True : Py_False, in->level, -sample_idx, evidence);
-        Py_DECREF(evidence);
-        if (entry == NULL)
-            return NULL;
-        ok = PyDict_SetItem(slot, in->tag, entry);
-        Py_DECREF(entry);
+        score = PyLong_FromLong(in->level);
+        ok = evidence != NULL && score != NULL ? hold_entry(slot, in->tag, has_evidence, score, sample_idx, evidence) : -1;
+        Py_XDECREF(evidence);
+        Py_XDECREF(score);
         if (ok < 0)
             return NULL;
     }
