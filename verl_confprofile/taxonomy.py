@@ -21,8 +21,7 @@ _KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Block names the output format already uses: a dimension named after one could never be parsed.
 _RESERVED_KEYS = ("evidence", "tag", "score", "think")
 _DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-"})
-_SPACED_PUNCT = re.compile(r"\s*([-/,])\s*")
-_SPACES = re.compile(r"\s+")
+_TIGHT_MARKS = ("-", "/", ",")  # no space around these in a folded label
 # Spellings of "unknown" a model or annotator writes; all mean the dimension's NA label.
 _NA_ALIASES = ("na", "n/a", "n.a.", "unknown", "unknown(na)", "unknown (na)", "unknown(n/a)", "none")
 
@@ -32,10 +31,17 @@ class TaxonomyError(ValueError):
 
 
 def normalize_label(text: str) -> str:
-    """Fold a label to its matching key: case, dash variants and spacing do not matter."""
-    text = text.translate(_DASHES).strip().casefold()
-    text = _SPACED_PUNCT.sub(r"\1", text)
-    return _SPACES.sub(" ", text)
+    """Fold a label to its matching key: case, dash variants and spacing do not matter.
+
+    Runs of whitespace become one space, and none is kept around '-', '/' and ','. Only
+    single-pass string methods are used, so the cost is linear in the length of ``text``: this
+    runs on every model tag that is not an exact label, and a regex such as ``\\s*-\\s*``
+    rescans a run of spaces from each of its positions (quadratic in the run's length).
+    """
+    text = " ".join(text.translate(_DASHES).casefold().split())
+    for mark in _TIGHT_MARKS:
+        text = text.replace(" " + mark, mark).replace(mark + " ", mark)
+    return text
 
 
 @dataclass(frozen=True)
