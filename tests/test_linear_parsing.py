@@ -15,6 +15,7 @@ is held equal to the Python reference by the property tests of test_profile_form
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from collections import Counter
@@ -57,11 +58,13 @@ def compiled_calls(fn, *args) -> Counter:
                 owner = bound if isinstance(bound, type) or type(bound).__name__ == "module" else type(bound)
             calls[(getattr(owner, "__name__", str(owner)), arg.__name__)] += 1
 
+    gc.disable()  # a collection would run gc callbacks (hypothesis times them) inside the count
     sys.setprofile(profiler)
     try:
         fn(*args)
     finally:
         sys.setprofile(None)
+        gc.enable()
     calls.pop(("sys", "setprofile"), None)
     return calls
 

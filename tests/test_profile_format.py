@@ -116,6 +116,21 @@ def test_unclosed_think_hides_everything_after_it():
     assert not parsed["age"].well_formed
 
 
+@pytest.mark.parametrize("reader", ["parse_profile", "compiled", "general"])
+def test_unclosed_think_after_a_closed_one_hides_what_follows(reader):
+    # A reasoning section, an answer, then a second section opened and never closed (the
+    # output was cut in it): the answer counts, the draft blocks after "<think>" do not.
+    answer = block("gender", "Male", 4) + block("age", "24-30", 5)
+    draft = "<think>on second thought " + block("education", "Postgraduate or Above", 3) + block("age", "50+", 2)
+    text = "<think>first</think>\n" + answer + "\n" + draft
+    read = {"parse_profile": lambda t: parse_profile(t, TAX), "compiled": profile_parser(TAX).compiled, "general": general_path}[reader]
+    parsed = read(text)
+    assert answer_text(text) == "\n" + answer + "\n"
+    assert parsed["gender"] == ok("Male", 4, "because")
+    assert parsed["age"] == ok("24-30", 5, "because")
+    assert parsed["education"] is None if reader == "compiled" else not parsed["education"].well_formed
+
+
 def test_unclosed_think_at_the_start_hides_the_whole_output():
     parsed = parse_profile("<think>never finished " + full_text(), TAX)
     assert not any(out.well_formed for out in parsed.values())

@@ -11,7 +11,7 @@
    spec is built once per taxonomy by profile_format.ProfileParser:
        (DimensionOutput, ((key, "<key>", "</key>", lookup), ...))
    with lookup the taxonomy's exact {label or alias: canonical label}. The answer (the text
-   after the last "</think>", or before an unclosed "<think>", as profile_format.answer_text
+   after the last "</think>", up to an unclosed "<think>" after it, as profile_format.answer_text
    cuts it) is canonical as a whole when its only '<' are those of its blocks, which come in
    taxonomy order, each reading
        <key><evidence>E</evidence><tag>T</tag><score>D</score></key>
@@ -174,7 +174,8 @@ read_block(PyObject *text, int kind, const void *data, Py_ssize_t pos, Py_ssize_
 }
 
 /* The bounds of the answer in text, reasoning cut off as answer_text does: after the last
-   "</think>", else before an unclosed "<think>". 0, or -1 with an exception set. */
+   "</think>" (if any), up to the first "<think>" after that (if any). 0, or -1 with an
+   exception set. */
 static int
 answer_span(PyObject *text, Py_ssize_t *start, Py_ssize_t *end)
 {
@@ -183,12 +184,10 @@ answer_span(PyObject *text, Py_ssize_t *start, Py_ssize_t *end)
     *start = 0;
     *end = len;
     cut = PyUnicode_Find(text, THINK_CLOSE, 0, len, -1);
-    if (cut >= 0) {
+    if (cut >= 0)
         *start = cut + PyUnicode_GET_LENGTH(THINK_CLOSE);
-        return 0;
-    }
-    if (cut == -1)
-        cut = PyUnicode_Find(text, THINK_OPEN, 0, len, 1);
+    if (cut != -2)
+        cut = PyUnicode_Find(text, THINK_OPEN, *start, len, 1);
     if (cut >= 0)
         *end = cut;
     return cut == -2 ? -1 : 0;

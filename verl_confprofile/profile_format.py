@@ -3,8 +3,9 @@
     <age><evidence>...</evidence><tag>24-30</tag><score>4</score></age>
 
 Parsing rules (the reward path depends on them never raising):
-- Reasoning is not parsed: if the text has a ``</think>``, only what follows the last one counts;
-  an unclosed ``<think>`` (truncated reasoning) hides everything after it.
+- Reasoning is not parsed: the answer is what follows the last ``</think>`` (the whole text when
+  there is none), up to its first ``<think>``: a reasoning section opened after the last close
+  and never closed (a truncated output) hides everything after it, wherever it is.
 - A dimension is well-formed when its block opens and closes exactly once, holds exactly one
   ``<tag>`` whose text is in the dimension's closed set (aliases accepted) and exactly one
   ``<score>`` that is an integer 1..5 or a verbal level (very low .. very high). ``<evidence>``
@@ -105,10 +106,9 @@ def answer_text(text: object) -> str:
     if not isinstance(text, str):
         return ""
     cut = text.rfind("</think>")
-    if cut >= 0:
-        return text[cut + len("</think>") :]
-    cut = text.find("<think>")
-    return text if cut < 0 else text[:cut]
+    start = 0 if cut < 0 else cut + len("</think>")
+    end = text.find("<think>", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 class ProfileParser:
