@@ -1,5 +1,6 @@
 """Taxonomy: the bundled ProfileBench taxonomy (paper Table 6), aliases, custom YAML, validation."""
 
+import re
 import textwrap
 
 import pytest
@@ -341,3 +342,74 @@ def test_malformed_aliases_are_taxonomy_errors(spec, where):
 def test_key_with_trailing_newline_is_rejected():
     with pytest.raises(TaxonomyError, match="key must match"):
         Taxonomy.from_dict({"dimensions": {"age\n": {"labels": ["a", "NA"]}}}, "custom.yaml")
+
+
+# ---------------------------------------------------------------- names, paths, silent mistakes
+
+
+def test_an_existing_file_is_read_whatever_its_name(tmp_path, monkeypatch):
+    write(tmp_path, "dimensions:\n  pet:\n    labels: [Dog, NA]\n", name="mytax")
+    monkeypatch.chdir(tmp_path)
+    assert Taxonomy.load("mytax").keys == ("pet",)
+    (tmp_path / "profilebench").mkdir()  # a folder of that name does not hide the bundled taxonomy
+    assert Taxonomy.load("profilebench").keys == tuple(TABLE_6)
+    with pytest.raises(TaxonomyError, match="othertax: no such bundled taxonomy and no such file"):
+        Taxonomy.load("othertax")
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbfdimensions:\n  pet:\n    labels: [Dog, NA]\n")
+    assert Taxonomy.load(path).keys == ("pet",)
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("dimensions:\n  pet:\n    labels: [Dog, NA]\n  pet:\n    labels: [Cat, NA]\n", "line 4"),
+        ("dimensions:\n  pet:\n    labels: [Dog, NA]\n    labels: [Cat, NA]\n", "line 4"),
+        ("na_label: NA\nna_label: Unknown\ndimensions:\n  pet:\n    labels: [Dog, NA]\n", "line 2"),
+    ],
+)
+def test_a_repeated_key_is_an_error(tmp_path, text, line):
+    message = assert_error(tmp_path, text, "duplicate key", "(first at line")
+    assert line in message
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        # an alias that is another label
+        ({"labels": ["Dog", "Cat", "NA"], "aliases": {"Dog": ["cat"]}}, "aliases.Dog: alias 'cat' already means 'Cat'"),
+        # an alias that is one of the NA spellings, built in or declared
+        ({"labels": ["Dog", "NA"], "aliases": {"Dog": ["N/A"]}}, "aliases.Dog: alias 'N/A' already means 'NA'"),
+        ({"labels": ["Dog", "NA"], "na_aliases": ["nope"], "aliases": {"Dog": ["Nope"]}}, "aliases.Dog: alias 'Nope' already means 'NA'"),
+        # an NA alias that is a label
+        ({"labels": ["Dog", "None", "NA"], "na_aliases": ["none"]}, "na_aliases: alias 'none' already means 'None'"),
+        # one alias for two labels
+        ({"labels": ["Dog", "Cat", "NA"], "aliases": {"Dog": ["pet"], "Cat": ["Pet"]}}, "aliases.Cat: alias 'Pet' already means 'Dog'"),
+    ],
+)
+def test_an_alias_that_collides_is_an_error(spec, message):
+    with pytest.raises(TaxonomyError, match=re.escape(f"custom.yaml: dimensions.d.{message}")):
+        Taxonomy.from_dict({"dimensions": {"d": spec}}, "custom.yaml")
+
+
+def test_harmless_aliases_are_accepted():
+    tax = Taxonomy.from_dict(
+        {"dimensions": {"d": {"labels": ["Dog", "None", "NA"], "aliases": {"Dog": ["dog", "puppy"], "NA": ["unknown", "?"]}}}}
+    )
+    d = tax["d"]
+    assert (d.canonical("Puppy"), d.canonical("?"), d.canonical("none"), d.canonical("N/A")) == ("Dog", "NA", "None", "NA")
+
+
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        ({"dimensions": {"d": {"labels": ["a", "NA"], "alias": {"a": ["b"]}}}}, "dimensions.d: unknown key 'alias'"),
+        ({"na_lable": "X", "dimensions": {"d": {"labels": ["a", "NA"]}}}, "custom.yaml: unknown key 'na_lable'"),
+    ],
+)
+def test_a_misspelt_key_is_an_error(data, where):
+    with pytest.raises(TaxonomyError, match=re.escape(where)):
+        Taxonomy.from_dict(data, "custom.yaml")

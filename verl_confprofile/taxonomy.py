@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Iterator
+from typing import IO, Iterator
 
 import yaml
 
@@ -22,8 +22,38 @@ _KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED_KEYS = ("evidence", "tag", "score", "think")
 _DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-"})
 _TIGHT_MARKS = ("-", "/", ",")  # no space around these in a folded label
-# Spellings of "unknown" a model or annotator writes; all mean the dimension's NA label.
+# Spellings of "unknown" a model or annotator writes; all mean the dimension's NA label (unless
+# the taxonomy has a label of that spelling: a label is always itself).
 _NA_ALIASES = ("na", "n/a", "n.a.", "unknown", "unknown(na)", "unknown (na)", "unknown(n/a)", "none")
+_TOP_KEYS = ("na_label", "dimensions")
+_DIMENSION_KEYS = ("name", "labels", "aliases", "na_aliases")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe YAML loader, refusing a mapping that repeats a key: plain YAML keeps the last
+    one, so a dimension written twice would silently replace the first."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    seen: dict[object, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _parse_yaml(text: str | IO[str]) -> object:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 class TaxonomyError(ValueError):
@@ -106,6 +136,7 @@ class Taxonomy:
         """Build and validate a taxonomy; every problem names `source` and the offending key."""
         if not isinstance(data, dict) or not isinstance(data.get("dimensions"), dict):
             raise TaxonomyError(f"{source}: expected a mapping with a 'dimensions' mapping")
+        _refuse_unknown_keys(f"{source}:", data, _TOP_KEYS)
         na = data.get("na_label", "NA")
         if not isinstance(na, str) or not na.strip():
             raise TaxonomyError(f"{source}: na_label: must be a non-empty string")
@@ -116,18 +147,33 @@ class Taxonomy:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "Taxonomy":
-        """Load a taxonomy YAML; None or a bundled name (e.g. 'profilebench') loads a bundled one."""
-        if path is None or (isinstance(path, str) and os.sep not in path and not path.endswith((".yaml", ".yml"))):
-            return _bundled(path or DEFAULT_TAXONOMY)
+        """Load a taxonomy YAML. A file that exists is read, whatever its name; otherwise a bare
+        name (no folder, no .yaml/.yml) names a bundled taxonomy ('profilebench'); None loads
+        the default bundled one."""
+        if path is None:
+            return _bundled(DEFAULT_TAXONOMY)
+        if isinstance(path, str) and not os.path.isfile(path) and _is_bare_name(path):
+            return _bundled(path)
         path = os.fspath(path)
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh)
+            with open(path, encoding="utf-8-sig") as fh:
+                data = _parse_yaml(fh)
         except OSError as exc:
             raise TaxonomyError(f"{path}: cannot read taxonomy: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
             raise TaxonomyError(f"{path}: invalid YAML: {exc}") from exc
         return cls.from_dict(data, path)
+
+
+def _is_bare_name(path: str) -> bool:
+    return not any(sep and sep in path for sep in (os.sep, os.altsep)) and not path.endswith((".yaml", ".yml"))
+
+
+def _refuse_unknown_keys(where: str, spec: dict, known: tuple[str, ...]) -> None:
+    """A misspelt key ('alias' for 'aliases') would otherwise be ignored without a word."""
+    unknown = [k for k in spec if k not in known]
+    if unknown:
+        raise TaxonomyError(f"{where} unknown key {unknown[0]!r} (expected {', '.join(known)})")
 
 
 def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimension:
@@ -138,6 +184,7 @@ def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimensi
         raise TaxonomyError(f"{where}: key {key!r} is reserved by the output format ({', '.join(_RESERVED_KEYS)})")
     if not isinstance(spec, dict):
         raise TaxonomyError(f"{where}: expected a mapping with 'labels'")
+    _refuse_unknown_keys(f"{where}:", spec, _DIMENSION_KEYS)
     labels = spec.get("labels")
     if not isinstance(labels, list) or not labels:
         raise TaxonomyError(f"{where}.labels: empty dimension (need at least one label besides {na})")
@@ -162,13 +209,19 @@ def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimensi
         isinstance(v, list) and all(isinstance(a, str) for a in v) for v in aliases.values()
     ):
         raise TaxonomyError(f"{where}.aliases: expected a mapping of label -> list of strings")
-    for alias in _NA_ALIASES + tuple(na_aliases):
+    for alias in _NA_ALIASES:
         lookup.setdefault(normalize_label(alias), na)
     for label, spellings in aliases.items():
         if label not in labels:
             raise TaxonomyError(f"{where}.aliases: {label!r} is not one of the labels")
-        for alias in spellings:
-            lookup.setdefault(normalize_label(alias), label)
+    # A declared alias may not mean something else already: a label, another label's alias or
+    # an NA spelling (the built-in ones included); the setdefault above would hide the clash.
+    declared = [("na_aliases", alias, na) for alias in na_aliases]
+    declared += [(f"aliases.{label}", alias, label) for label, spellings in aliases.items() for alias in spellings]
+    for at, alias, label in declared:
+        held = lookup.setdefault(normalize_label(alias), label)
+        if held != label:
+            raise TaxonomyError(f"{where}.{at}: alias {alias!r} already means {held!r}")
     name = spec.get("name", key.replace("_", " ").title())
     return Dimension(key, str(name), tuple(labels), na, lookup, {x: i for i, x in enumerate(labels)})
 
@@ -178,4 +231,4 @@ def _bundled(name: str) -> Taxonomy:
     ref = resources.files("verl_confprofile.configs") / f"{name}.yaml"
     if not ref.is_file():
         raise TaxonomyError(f"{name}: no such bundled taxonomy and no such file")
-    return Taxonomy.from_dict(yaml.safe_load(ref.read_text(encoding="utf-8")), str(ref))
+    return Taxonomy.from_dict(_parse_yaml(ref.read_text(encoding="utf-8")), str(ref))
