@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from verl_confprofile.jsonl import InputError
+from verl_confprofile.jsonl import STRICT_HELP, InputError
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import VOTING_METHODS
 
@@ -22,6 +22,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer directory used to count prompt tokens (with --max-prompt-length)")
     parser.add_argument("--max-prompt-length", type=int, metavar="N", help="fit every prompt within N tokens by dropping keyphrases")
     parser.add_argument("--engine", choices=ENGINES, default="local", help="where the per-user stages run (default: local)")
+    parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
 
 
 def prompt_budget(tokenizer: str | None, max_prompt_length: int | None) -> PromptBudget | None:
@@ -47,6 +48,7 @@ def common_options(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "budget": prompt_budget(args.tokenizer, args.max_prompt_length),
         "engine": args.engine,
+        "strict": args.strict,
     }
 
 

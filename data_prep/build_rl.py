@@ -101,11 +101,12 @@ def build_rl(
     seed: int = 0,
     budget: PromptBudget | None = None,
     engine: str = "local",
+    strict: bool = False,
 ) -> dict:
     """Build rl_train.parquet in ``out`` and return the report (also written to report.json)."""
     calibrator = Calibrator.load_for(calibration, taxonomy.keys)
     weights = difficulty.parse_shape(shape)
-    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine))
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict)
     refs = [ref_confidence(v, calibrator) for v in prep.votes]
     means = [difficulty.aggregate_confidence(r.values()) for r in refs]
     levels, cuts = difficulty.difficulty_levels(means)

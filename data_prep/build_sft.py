@@ -107,11 +107,12 @@ def build_sft(
     seed: int = 0,
     budget: PromptBudget | None = None,
     engine: str = "local",
+    strict: bool = False,
 ) -> dict:
     """Build the SFT files in ``out`` and return the report (also written to report.json)."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine))
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict)
     calibrator = fit_calibrator(prep.votes, taxonomy, calibrate)
     val = val_users(len(prep.votes), val_fraction, seed)
     stats = _DimensionStats(taxonomy)

@@ -22,11 +22,11 @@ import pickle
 from functools import partial
 from typing import Callable, Sequence, TypeVar
 
-from verl_confprofile.jsonl import InputError
+from verl_confprofile.jsonl import InputError, SampleEvent, duplicate_event, iter_lines
 from verl_confprofile.profile_format import profile_parser
 from verl_confprofile.tally import UserTally
 
-from .votes import SampleEvent, VoteJob, VoteStage, duplicate_event, iter_lines, read_sample, vote_stage
+from .votes import VoteJob, VoteStage, read_sample, vote_stage
 
 ENGINES = ("local", "ray")
 RAY_CHUNK_BYTES = 32 << 20
@@ -55,8 +55,8 @@ class LocalEngine:
                 continue
             lines += 1
             if type(got) is SampleEvent:
-                if got.reason == "error":
-                    raise InputError(got.message)
+                if got.fatal(job.strict):
+                    raise got.error()
                 events.append(got)
                 continue
             order, idx, text = got
@@ -65,9 +65,12 @@ class LocalEngine:
                 tally = tallies[order] = UserTally(taxonomy)
             first = tally.add_text(idx, lineno, text)
             if first is not None:
-                events.append(duplicate_event(path, lineno, idx, job.user_ids[order], first))
+                event = duplicate_event(path, lineno, idx, job.user_ids[order], first)
+                if event.fatal(job.strict):
+                    raise event.error()
+                events.append(event)
         votes = {o: t.finish(job.user_ids[o], taxonomy, job.voting) for o, t in tallies.items()}
-        return vote_stage(votes, lines, events)
+        return vote_stage(votes, lines, events, job.strict)
 
     def map_batches(self, fn: Callable[[list[T]], list[R]], items: Sequence[T], batch_size: int = PROMPT_BATCH) -> list[R]:
         out: list[R] = []
@@ -175,7 +178,7 @@ class RayEngine:
             events.extend(pickle.loads(row["events"]))
             if row["order"] >= 0:
                 votes[int(row["order"])] = pickle.loads(row["vote"])
-        return vote_stage(votes, lines, events)
+        return vote_stage(votes, lines, events, job.strict)
 
     def map_batches(self, fn: Callable[[list[T]], list[R]], items: Sequence[T], batch_size: int = PROMPT_BATCH) -> list[R]:
         if not items:

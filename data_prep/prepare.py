@@ -7,11 +7,10 @@ The vote and prompt stages run on an engine (``engine``); what is left out is co
 
 from __future__ import annotations
 
-import sys
-from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 
+from verl_confprofile.jsonl import SkipLog
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
@@ -19,29 +18,6 @@ from .budget import PromptBudget, PromptFit, fit_prompts
 from .engine import Engine
 from .records import read_records
 from .votes import VoteJob
-
-
-class SkipLog:
-    """Inputs left out and why: a count per reason and the first messages, each naming its file.
-
-    Every skip is also a warning on stderr (the first ``shown`` of each reason), so a bad input
-    is visible where the command runs and counted in the report.
-    """
-
-    def __init__(self, shown: int = 5):
-        self.shown = shown
-        self.counts: Counter = Counter()
-        self.first: dict[str, list[str]] = {}
-
-    def add(self, reason: str, message: str, count: int = 1) -> None:
-        self.counts[reason] += count
-        kept = self.first.setdefault(reason, [])
-        if len(kept) < self.shown:
-            kept.append(message)
-            print(f"warning: {message}", file=sys.stderr)
-
-    def to_dict(self) -> dict:
-        return {reason: {"count": n, "first": self.first[reason]} for reason, n in self.counts.items()}
 
 
 @dataclass
@@ -62,6 +38,7 @@ def prepare(
     voting: str,
     budget: PromptBudget | None,
     engine: Engine,
+    strict: bool = False,
 ) -> Prepared:
     """Read the records, vote every user's samples, fit every prompt; count what is left out.
 
@@ -70,14 +47,15 @@ def prepare(
     object without the sample fields; no user left at all (an empty dataset would only fail
     later, in verl). Counted skips: records without behaviours, broken sample lines, samples of
     users without a kept record, repeated (user_id, sample_idx) (the first occurrence is used),
-    users without samples, users whose prompt cannot fit.
+    users without samples, users whose prompt cannot fit. With ``strict``, broken and repeated
+    sample lines are errors too.
     """
     record_set = read_records(records_path)
     skips = SkipLog()
     for reason, n in record_set.skipped.items():
         skips.add(reason, f"{record_set.examples[reason]}: record has no behaviour keyphrases; skipped", n)
     records = record_set.records
-    stage = engine.vote(VoteJob(samples_path, taxonomy, voting, tuple(records)))
+    stage = engine.vote(VoteJob(samples_path, taxonomy, voting, tuple(records), strict))
     for event in stage.events:
         skips.add(event.reason, event.message)
     voted = {v.user_id for v in stage.votes}

@@ -184,18 +184,19 @@ def test_vote_with_custom_taxonomy(tmp_path):
         ),
         encoding="utf-8",
     )
-    # S_Cat = 2+2 = 4, S_Dog = 3 -> Cat, votes 2, margin 1; user id may be an integer.
+    # S_Cat = 2+2 = 4, S_Dog = 3 -> Cat, votes 2, margin 1. A user id may be an integer, which
+    # means the string of its digits: 7 and "7" are one user, written "7".
     samples = write_jsonl(
         tmp_path / "pets.jsonl",
         [
             {"user_id": 7, "sample_idx": 0, "text": "<pet><tag>cat</tag><score>2</score></pet>"},
-            {"user_id": 7, "sample_idx": 1, "text": "<pet><tag>Dog</tag><score>medium</score></pet>"},
+            {"user_id": "7", "sample_idx": 1, "text": "<pet><tag>Dog</tag><score>medium</score></pet>"},
             {"user_id": 7, "sample_idx": 2, "text": "<pet><tag>Cat</tag><score>low</score></pet>"},
         ],
     )
     out = tmp_path / "out.jsonl"
     assert run_vote(samples, out, "--taxonomy", str(tax)) == 0
-    assert read_jsonl(out) == [{"user_id": 7, "profile": {"pet": dim("Cat", 4, 2, 1)}, "malformed": {"pet": 0}}]
+    assert read_jsonl(out) == [{"user_id": "7", "profile": {"pet": dim("Cat", 4, 2, 1)}, "malformed": {"pet": 0}}]
 
 
 # ---------------------------------------------------------------- errors
@@ -208,12 +209,30 @@ def run_error(capsys, samples, out, *extra):
     return err
 
 
-def test_broken_json_line(tmp_path, capsys):
+def test_broken_json_line_is_a_counted_skip(tmp_path, capsys):
     path = tmp_path / "broken.jsonl"
     good = json.dumps(SAMPLES[0])
     path.write_text(good + "\n\n" + '{"user_id": "u", "sample_idx": 1, "text": ' + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert run_vote(path, out) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {path}:3: not a JSON line" in captured.err  # the blank line 2 still counts
+    assert "1 users from 1 samples" in captured.out and "skipped lines: broken_line=1" in captured.out
+    assert [r["user_id"] for r in read_jsonl(out)] == ["u_b"]
+
+
+def test_broken_json_line_with_strict(tmp_path, capsys):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(SAMPLES[0]) + "\n\n" + '{"user_id": "u", "sample_idx": 1, "text": ' + "\n", encoding="utf-8")
+    err = run_error(capsys, path, tmp_path / "out.jsonl", "--strict")
+    assert f"{path}:3: not a JSON line" in err and "skipped" not in err
+
+
+def test_no_sample_at_all_is_an_error(tmp_path, capsys):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n{oops\n", encoding="utf-8")
     err = run_error(capsys, path, tmp_path / "out.jsonl")
-    assert "broken.jsonl:3" in err  # the blank line 2 still counts
+    assert f"{path}: no sample to vote (skipped lines: broken_line=1)" in err
 
 
 def test_missing_field(tmp_path, capsys):
@@ -228,9 +247,21 @@ def test_wrongly_typed_field(tmp_path, capsys):
     assert "typed.jsonl:1" in err and "sample_idx" in err
 
 
-def test_duplicate_sample(tmp_path, capsys):
+def test_duplicate_sample_is_a_counted_skip(tmp_path, capsys):
     records = SAMPLES[:3] + [dict(SAMPLES[1], text="again")]  # (u_a, 0) repeated on line 4
-    err = run_error(capsys, write_jsonl(tmp_path / "dup.jsonl", records), tmp_path / "out.jsonl")
+    path = write_jsonl(tmp_path / "dup.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    assert run_vote(path, out) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {path}:4: duplicate sample_idx 0 for user 'u_a' (first at line 2); skipped" in captured.err
+    assert "2 users from 3 samples" in captured.out and "skipped lines: duplicate_sample=1" in captured.out
+    # the first occurrence is the one voted: u_a has one sample, Female at "high" (4): S 4, margin 4 - 0
+    assert read_jsonl(out)[1]["profile"]["gender"] == dim("Female", 4, 1, 4)
+
+
+def test_duplicate_sample_with_strict(tmp_path, capsys):
+    records = SAMPLES[:3] + [dict(SAMPLES[1], text="again")]
+    err = run_error(capsys, write_jsonl(tmp_path / "dup.jsonl", records), tmp_path / "out.jsonl", "--strict")
     assert "dup.jsonl:4" in err and "duplicate" in err
 
 
@@ -289,7 +320,7 @@ def test_console_script_vote(samples_file, calibration_file, tmp_path):
 def test_console_script_errors(tmp_path):
     path = write_jsonl(tmp_path / "dup.jsonl", [SAMPLES[0], SAMPLES[0]])
     proc = subprocess.run(
-        [str(CONSOLE_SCRIPT), "vote", "--samples", str(path), "--out", str(tmp_path / "o.jsonl")],
+        [str(CONSOLE_SCRIPT), "vote", "--samples", str(path), "--out", str(tmp_path / "o.jsonl"), "--strict"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+from pathlib import Path
 from fractions import Fraction as F
 
 import pytest
@@ -89,6 +90,7 @@ SINGLE_COUNTS = {
     "missing_user_examples": ["4"],
     "unknown_users": 2,
     "unknown_user_examples": ["u9", "u5"],
+    "skipped_lines": {},
     # among gold-labelled users at tau 1: u3's pet is malformed, user 4 has no sample
     "abstentions_at_tau_1": {
         "pet": {"na": 0, "malformed": 1, "no_samples": 1},
@@ -159,6 +161,7 @@ VOTED_COUNTS = {
     "missing_user_examples": [],
     "unknown_users": 1,
     "unknown_user_examples": ["u9"],
+    "skipped_lines": {},
     "abstentions_at_tau_1": {
         "pet": {"na": 1, "malformed": 0, "no_samples": 0},  # user 4 voted NA
         "home": {"na": 0, "malformed": 0, "no_samples": 0},
@@ -262,6 +265,7 @@ def test_one_sample_per_user_confidence_is_own_score(files, capsys):
         "calibration": None,
         "confidence": "linear",
         "taxonomy": files["taxonomy"],
+        "strict": False,
         "thresholds": [1, 2, 3, 4, 5],
     }
     out = capsys.readouterr().out
@@ -397,11 +401,26 @@ def test_name_errors(files, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
-def test_bad_samples_line_names_file_and_line(files, tmp_path, capsys):
+def test_broken_and_repeated_samples_lines_are_counted_skips(files, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps(SINGLE[0]), "{not json", json.dumps(dict(SINGLE[0], text="again"))]
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert run_eval(files, str(bad)) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {bad}:2: not a JSON line: unexpected character" in err
+    assert f"warning: {bad}:3: duplicate sample_idx 0 for user 'u1' (first at line 1); skipped" in err
+    counts = load_report(files)["counts"]
+    assert {k: v["count"] for k, v in counts["skipped_lines"].items()} == {"broken_line": 1, "duplicate_sample": 1}
+    assert counts["samples"] == 1  # the first occurrence is used
+    assert "Sample lines skipped: broken_line 1" in (Path(files["out"]) / "report.md").read_text(encoding="utf-8")
+
+
+def test_strict_makes_a_broken_samples_line_an_error(files, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(SINGLE[0]) + "\n{not json\n", encoding="utf-8")
-    assert run_eval(files, str(bad)) == 2
-    assert f"{bad}:2: invalid JSON" in capsys.readouterr().err
+    assert run_eval(files, str(bad), extra=["--strict"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: not a JSON line: unexpected character" in err and "skipped" not in err
 
 
 def test_calibration_must_cover_the_taxonomy(files, tmp_path, capsys):

@@ -1,8 +1,8 @@
 """From raw samples to one profile per user: parse, vote (Eq. 3-5), calibrate, threshold.
 
 This is the path of ``confprofile vote`` (deployment) and ``confprofile eval``. build-sft and
-build-rl do not read samples through it: they stream the samples file through
-``data_prep.votes`` (counting bad lines instead of stopping), with the same parser and tally.
+build-rl read samples through ``data_prep.votes``, with the same line reader and policy
+(``jsonl.sample_line``), parser and tally.
 """
 
 from __future__ import annotations
@@ -12,33 +12,46 @@ from typing import Iterator, Mapping
 
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
-from .jsonl import InputError, read_jsonl, sample_fields
+from .jsonl import SampleEvent, SkipLog, duplicate_event, iter_lines, sample_line
 from .tally import UserTally
 from .taxonomy import Taxonomy
 
 
 @cyclic_gc_paused()
-def read_samples(path: str | os.PathLike, taxonomy: Taxonomy) -> dict[object, UserTally]:
+def read_samples(
+    path: str | os.PathLike, taxonomy: Taxonomy, *, strict: bool = False, skips: SkipLog | None = None
+) -> dict[str, UserTally]:
     """Parse a samples JSONL ({user_id, sample_idx, model, text}) into {user_id: UserTally}.
 
-    Users keep their order of first appearance, and each tally its samples in file order. A
-    repeated (user_id, sample_idx) is an error: it means two runs were concatenated, and voting
-    both copies would double-count a sample.
+    Users keep their order of first appearance (ids as strings: 7 and "7" are one user), and
+    each tally its samples in file order. A broken line and a repeated (user_id, sample_idx)
+    (two runs concatenated: voting both copies would double-count a sample; the first is used)
+    are skipped and counted in ``skips``, or errors with ``strict``; a line without the sample
+    fields is always an error.
     """
-    users: dict[object, UserTally] = {}
-    for lineno, rec in read_jsonl(path):
-        user, idx, text = sample_fields(rec, path, lineno)
-        tally = users.get(user)
-        if tally is None:
-            tally = users[user] = UserTally(taxonomy, evidence=False)
-        first = tally.add_text(idx, lineno, text)
-        if first is not None:
-            raise InputError(f"{path}:{lineno}: duplicate sample_idx {idx} for user {user!r} (first at line {first})")
+    skips = SkipLog() if skips is None else skips
+    users: dict[str, UserTally] = {}
+    for lineno, line in iter_lines(path):
+        got = sample_line(line, path, lineno)
+        if got is None:
+            continue
+        if type(got) is not SampleEvent:
+            user, idx, text = got
+            tally = users.get(user)
+            if tally is None:
+                tally = users[user] = UserTally(taxonomy, evidence=False)
+            first = tally.add_text(idx, lineno, text)
+            if first is None:
+                continue
+            got = duplicate_event(path, lineno, idx, user, first)
+        if got.fatal(strict):
+            raise got.error()
+        skips.add(got.reason, got.message)
     return users
 
 
 def profile_record(
-    user_id: object,
+    user_id: str,
     samples: UserTally,
     taxonomy: Taxonomy,
     *,
@@ -66,7 +79,7 @@ def profile_record(
 
 
 def vote_users(
-    users: Mapping[object, UserTally], taxonomy: Taxonomy, **options
+    users: Mapping[str, UserTally], taxonomy: Taxonomy, **options
 ) -> Iterator[dict]:
     """profile_record for every user, in input order."""
     for user_id, samples in users.items():

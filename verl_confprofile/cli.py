@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
-from .jsonl import InputError, write_line
+from .jsonl import STRICT_HELP, InputError, SkipLog, write_line
 from .taxonomy import TaxonomyError, Taxonomy
 from .voting import VOTING_METHODS
 
@@ -28,7 +28,10 @@ def _vote(args: argparse.Namespace) -> None:
         raise InputError("--threshold needs --calibration: without it a profile has no confidence level")
     from .aggregate import read_samples, vote_users
 
-    users = read_samples(args.samples, taxonomy)
+    skips = SkipLog()
+    users = read_samples(args.samples, taxonomy, strict=args.strict, skips=skips)
+    if not users:
+        raise InputError(f"{args.samples}: no sample to vote (skipped lines: {skips.summary()})")
     malformed: Counter = Counter()
     with open(args.out, "w", encoding="utf-8") as fh:
         for record in vote_users(users, taxonomy, voting=args.voting, calibrator=calibrator, threshold=args.threshold):
@@ -36,7 +39,10 @@ def _vote(args: argparse.Namespace) -> None:
             write_line(fh, record)
     n_samples = sum(t.num_samples for t in users.values())
     bad = ", ".join(f"{k}={malformed[k]}" for k in taxonomy.keys)
-    print(f"voted {len(users)} users from {n_samples} samples -> {args.out}; malformed samples per dimension: {bad}")
+    print(
+        f"voted {len(users)} users from {n_samples} samples -> {args.out}; skipped lines: {skips.summary()}; "
+        f"malformed samples per dimension: {bad}"
+    )
 
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     vote.add_argument("--calibration", help="calibration JSON from build-sft; gives each tag a level 1..5")
     vote.add_argument("--threshold", type=int, choices=range(1, 6), metavar="TAU", help="tags with confidence below TAU become NA")
     vote.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
+    vote.add_argument("--strict", action="store_true", help=STRICT_HELP)
     vote.set_defaults(func=_vote)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 from .aggregate import profile_record, read_samples
 from .calibration import Calibrator
 from .data_prep.records import read_records
-from .jsonl import InputError, write_json
+from .jsonl import STRICT_HELP, InputError, SkipLog, write_json
 from .metrics import DEFINITIONS, PRF, THRESHOLDS, threshold_sweep
 from .taxonomy import Taxonomy
 from .voting import VOTING_METHODS
@@ -116,17 +116,6 @@ def read_gold(path: str | os.PathLike, taxonomy: Taxonomy) -> GoldSet:
     return gold
 
 
-def read_run_samples(path: str | os.PathLike, taxonomy: Taxonomy) -> dict[str, list]:
-    """Sample tallies keyed by user_id as a string, the way records key them."""
-    users: dict[str, list] = {}
-    for user, samples in read_samples(path, taxonomy).items():
-        key = str(user)
-        if key in users:
-            raise InputError(f"{path}: user_id {key!r} appears both as a number and as a string")
-        users[key] = samples
-    return users
-
-
 def evaluate_run(
     name: str,
     samples_path: str,
@@ -136,9 +125,20 @@ def evaluate_run(
     *,
     voting: str = "confidence",
     definition: str = "paper",
+    strict: bool = False,
 ) -> RunResult:
-    """Vote each labelled user's samples into one prediction per dimension and sweep tau."""
-    users = read_run_samples(samples_path, taxonomy)
+    """Vote each labelled user's samples into one prediction per dimension and sweep tau.
+
+    A samples file without any sample of a labelled user is an error: its tables would be all
+    zeros, which reads as a result.
+    """
+    skips = SkipLog()
+    users = read_samples(samples_path, taxonomy, strict=strict, skips=skips)
+    if not any(u in gold.labels for u in users):
+        raise InputError(
+            f"{samples_path}: no sample of any labelled user of {gold.source} "
+            f"({len(users)} users with samples, skipped lines: {skips.summary()})"
+        )
     scored = gold.scored_dimensions
     abstentions = {k: {"na": 0, "malformed": 0, "no_samples": 0} for k in scored}
     malformed_samples: Counter = Counter()
@@ -170,6 +170,7 @@ def evaluate_run(
         "missing_user_examples": missing[:EXAMPLES],
         "unknown_users": len(unknown),
         "unknown_user_examples": unknown[:EXAMPLES],
+        "skipped_lines": skips.to_dict(),
         "abstentions_at_tau_1": abstentions,
         "malformed_samples": {k: malformed_samples[k] for k in scored},
     }
@@ -253,6 +254,11 @@ def _coverage(run: RunResult, taxonomy: Taxonomy) -> list[str]:
         lines.append(
             f"Users with samples who are not labelled records: {c['unknown_users']}; their samples are ignored: "
             f"{', '.join(map(str, c['unknown_user_examples']))}" + (" ..." if c["unknown_users"] > EXAMPLES else "")
+        )
+    if c["skipped_lines"]:
+        lines.append(
+            "Sample lines skipped: "
+            + "; ".join(f"{reason} {v['count']} (e.g. {v['first'][0]})" for reason, v in c["skipped_lines"].items())
         )
     rows = [
         [taxonomy[k].name, str(a["na"]), str(a["malformed"]), str(a["no_samples"]), str(c["malformed_samples"][k])]
@@ -403,7 +409,7 @@ def run(args: argparse.Namespace) -> None:
     calibrator = load_calibrator(args.calibration, taxonomy)
     gold = read_gold(args.records, taxonomy)
     runs = [
-        evaluate_run(name, path, gold, taxonomy, calibrator, voting=args.voting, definition=args.definition)
+        evaluate_run(name, path, gold, taxonomy, calibrator, voting=args.voting, definition=args.definition, strict=args.strict)
         for name, path in zip(names, args.samples)
     ]
     options = {
@@ -414,6 +420,7 @@ def run(args: argparse.Namespace) -> None:
         "calibration": args.calibration,
         "confidence": "calibrated" if args.calibration else "linear",
         "taxonomy": taxonomy.source,
+        "strict": args.strict,
         "thresholds": list(THRESHOLDS),
     }
     out = Path(args.out)
@@ -452,4 +459,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="recall: 'paper' = answered / gold-labelled (Table 7); 'standard' = correct / gold-labelled",
     )
     p.add_argument("--taxonomy", metavar="FILE", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.set_defaults(func=run)

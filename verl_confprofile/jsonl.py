@@ -1,15 +1,28 @@
 """JSON Lines input with errors that name the file and line, atomic-per-line output, and JSON reports.
 
-Input lines are decoded with orjson (several times faster than the json module on the long
-sample lines). It is strict JSON: NaN, Infinity and unpaired surrogate escapes, which the json
-module lets through, make a line invalid.
+Every command reads its JSONL inputs through ``iter_lines``: byte lines, numbered exactly (a
+bad byte never shifts the count), with a UTF-8 byte order mark at the start of the file
+ignored (editors on Windows write one). Lines are decoded with orjson (several times faster
+than the json module on the long sample lines). It is strict JSON: NaN, Infinity and unpaired
+surrogate escapes, which the json module lets through, make a line invalid.
+
+Samples files have one policy in every command (vote, eval, build-sft, build-rl), applied by
+``sample_line`` and ``SampleEvent``: a line that is not a JSON object (a writer killed
+mid-line) and a repeated (user_id, sample_idx) are skipped, counted and reported (the first
+occurrence is used); with ``strict`` they are errors. A JSON object without the sample fields
+means the wrong file was given: always an error.
+
+User ids are strings or integers, and an integer means the string of its digits: ``7`` and
+``"7"`` are one user, written ``"7"`` everywhere an id is output.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import IO, Iterator
+import sys
+from collections import Counter
+from typing import IO, Iterator, NamedTuple
 
 from orjson import JSONDecodeError, loads
 
@@ -21,27 +34,53 @@ class InputError(ValueError):
     """Bad input data; the message starts with ``file:line:``."""
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; a broken line raises InputError."""
+BOM = b"\xef\xbb\xbf"
+STRICT_REASONS = ("broken_line", "duplicate_sample")  # the skips ``strict`` turns into errors
+STRICT_HELP = "a broken or repeated samples line is an error (default: skipped, counted and reported)"
+
+
+def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of the lines starting in [start, end) of a file; the byte order
+    mark of a file that starts with one is not part of its first line."""
     try:
-        fh = open(path, encoding="utf-8", buffering=READ_BUFFER)
+        fh = open(path, "rb", buffering=READ_BUFFER)
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc.strerror}") from None
     with fh:
-        lineno = 0
+        fh.seek(start)
+        pos = start
+        for lineno, line in enumerate(fh, first_line):
+            if end is not None and pos >= end:
+                break
+            if pos == 0 and line.startswith(BOM):
+                line = line[len(BOM) :]
+                pos += len(BOM)
+            pos += len(line)
+            yield lineno, line
+
+
+def line_problem(line: bytes, exc: JSONDecodeError, what: str) -> str:
+    """Why a line does not decode: its first byte that is not UTF-8 (orjson reports any such
+    line as holding surrogates), else ``what`` and orjson's reason."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8 text: {bad.reason} at byte {bad.start + 1}"
+    return f"{what}: {exc.msg} (column {exc.colno})"
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; a broken line raises InputError."""
+    for lineno, line in iter_lines(path):
         try:
-            for lineno, line in enumerate(fh, 1):
-                try:
-                    obj = loads(line)
-                except JSONDecodeError as exc:
-                    if not line.strip():
-                        continue
-                    raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}:{lineno + 1}: not UTF-8 text: {exc.reason}") from None
+            obj = loads(line)
+        except JSONDecodeError as exc:
+            if not line.strip():
+                continue
+            raise InputError(f"{path}:{lineno}: {line_problem(line, exc, 'invalid JSON')}") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def field(obj: dict, name: str, kind: type | tuple[type, ...], path: str | os.PathLike, lineno: int):
@@ -55,12 +94,12 @@ def field(obj: dict, name: str, kind: type | tuple[type, ...], path: str | os.Pa
     return value
 
 
-def sample_fields(obj: dict, path: str | os.PathLike, lineno: int) -> tuple[str | int, int, str]:
+def sample_fields(obj: dict, path: str | os.PathLike, lineno: int) -> tuple[str, int, str]:
     """(user_id, sample_idx, text) of a samples-file line, checked; a bad field raises InputError.
 
     Type checks first (the common case, cheap), ``field`` only for other valid types (an integer
-    user_id) or for the message naming the bad field. sample_idx counts a user's samples from 0
-    and must fit in 63 bits (the compiled tally keeps it as a C long).
+    user_id, returned as its string) or for the message naming the bad field. sample_idx counts
+    a user's samples from 0 and must fit in 63 bits (the compiled tally keeps it as a C long).
     """
     user, idx, text = obj.get("user_id"), obj.get("sample_idx"), obj.get("text")
     if type(user) is str and type(idx) is int and type(text) is str and 0 <= idx <= MAX_SAMPLE_IDX:
@@ -68,7 +107,72 @@ def sample_fields(obj: dict, path: str | os.PathLike, lineno: int) -> tuple[str 
     user, idx, text = field(obj, "user_id", (str, int), path, lineno), field(obj, "sample_idx", int, path, lineno), field(obj, "text", str, path, lineno)
     if not 0 <= idx <= MAX_SAMPLE_IDX:
         raise InputError(f"{path}:{lineno}: field 'sample_idx' must be an integer from 0 to 2**63 - 1, got {idx}")
-    return user, idx, text
+    return str(user), idx, text
+
+
+class SampleEvent(NamedTuple):
+    """A samples-file line that is not voted: a counted skip, or an error that stops the command."""
+
+    line: int
+    reason: str  # broken_line, duplicate_sample, unknown_user (builds), or "error"
+    message: str  # a skip's ends with "; skipped"
+
+    def fatal(self, strict: bool) -> bool:
+        """Whether this line stops the command: always an error, with ``strict`` also a skip of STRICT_REASONS."""
+        return self.reason == "error" or (strict and self.reason in STRICT_REASONS)
+
+    def error(self) -> "InputError":
+        return InputError(self.message.removesuffix("; skipped"))
+
+
+def sample_line(line: bytes, path: str | os.PathLike, lineno: int) -> tuple[str, int, str] | SampleEvent | None:
+    """One samples-file line -> (user_id, sample_idx, text), a SampleEvent, or None for a blank line."""
+    try:
+        obj = loads(line)
+    except JSONDecodeError as exc:
+        if not line.strip():
+            return None
+        return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: {line_problem(line, exc, 'not a JSON line')}; skipped")
+    if type(obj) is not dict:
+        return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}; skipped")
+    try:
+        return sample_fields(obj, path, lineno)
+    except InputError as exc:
+        return SampleEvent(lineno, "error", str(exc))
+
+
+def duplicate_event(path: str | os.PathLike, lineno: int, sample_idx: int, user_id: str, first: int) -> SampleEvent:
+    return SampleEvent(
+        lineno, "duplicate_sample",
+        f"{path}:{lineno}: duplicate sample_idx {sample_idx} for user {user_id!r} (first at line {first}); skipped",
+    )
+
+
+class SkipLog:
+    """Inputs left out and why: a count per reason and the first messages, each naming its file.
+
+    Every skip is also a warning on stderr (the first ``shown`` of each reason), so a bad input
+    is visible where the command runs and counted in its report or summary.
+    """
+
+    def __init__(self, shown: int = 5):
+        self.shown = shown
+        self.counts: Counter = Counter()
+        self.first: dict[str, list[str]] = {}
+
+    def add(self, reason: str, message: str, count: int = 1) -> None:
+        self.counts[reason] += count
+        kept = self.first.setdefault(reason, [])
+        if len(kept) < self.shown:
+            kept.append(message)
+            print(f"warning: {message}", file=sys.stderr)
+
+    def summary(self) -> str:
+        """'reason=count, ...', or 'none'."""
+        return ", ".join(f"{k}={n}" for k, n in self.counts.items()) or "none"
+
+    def to_dict(self) -> dict:
+        return {reason: {"count": n, "first": self.first[reason]} for reason, n in self.counts.items()}
 
 
 def write_line(fh: IO[str], obj: object) -> None:
