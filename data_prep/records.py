@@ -2,8 +2,9 @@
 
 ``behaviors`` maps a behaviour name (watched, searched, posted, ...) to a list of keyphrases;
 ``demographics`` maps self-reported fields to values (any may be missing or wrong); the
-optional ``labels`` maps dimensions to gold labels (evaluation sets). A record without any
-keyphrase cannot be profiled: it is skipped and counted, never silently dropped.
+optional ``labels`` maps dimensions to gold labels (evaluation sets; a null label is no
+label). A record without any keyphrase cannot be profiled: it is skipped and counted, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def read_records(path: str | os.PathLike) -> RecordSet:
             "user_id": user,
             "behaviors": behaviors,
             "demographics": rec.get("demographics") or {},
-            "labels": rec.get("labels") or {},
+            # A null label is no label: {"gender": null} leaves the user unlabelled.
+            "labels": {k: v for k, v in (rec.get("labels") or {}).items() if v is not None},
         }
     return out

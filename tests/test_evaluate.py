@@ -447,3 +447,26 @@ def test_dimension_named_average_is_refused(files, tmp_path, capsys):
     args = ["eval", "--records", files["records"], "--samples", files["single"], "--out", files["out"], "--taxonomy", str(taxonomy)]
     assert main(args) == 2
     assert "'average' would collide" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows", [[], [sample("u9", 0, blk("pet", "Cat", 5))]], ids=["empty", "only unknown users"])
+def test_samples_without_any_labelled_user_are_refused(files, tmp_path, capsys, rows):
+    path = write_jsonl(tmp_path / "nobody.jsonl", rows)
+    assert run_eval(files, path) == 2
+    assert f"{path}: no sample of any labelled user of {files['records']}" in capsys.readouterr().err
+
+
+def test_the_same_samples_file_under_two_spellings_is_refused(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_eval(files, "single.jsonl", "./single.jsonl", files["single"]) == 2
+    assert "the same --samples file is given twice: single.jsonl and ./single.jsonl" in capsys.readouterr().err
+
+
+def test_a_null_label_is_no_label(files, tmp_path):
+    records = [*RECORDS, {"user_id": "u8", "behaviors": BEHAVIORS, "labels": {"pet": None, "home": None}}]
+    files["records"] = write_jsonl(tmp_path / "records_null.jsonl", records)
+    assert run_eval(files, files["single"]) == 0
+    report = load_report(files)
+    assert report["records"]["labelled_users"] == 4  # u1, u2, u3, 4: not u8
+    assert report["records"]["unlabelled_records"] == 2  # u5 and u8
+    assert report["counts"]["missing_users"] == 1  # user 4 only; u8 is not a labelled user without samples

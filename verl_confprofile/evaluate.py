@@ -380,9 +380,15 @@ def write_plots(runs: Sequence[RunResult], taxonomy: Taxonomy, out_dir: str | os
 
 
 def run_names(samples: Sequence[str], names: Sequence[str] | None) -> list[str]:
-    """--name for each --samples, else the file stem (the path as given when stems collide)."""
-    if len(set(samples)) != len(samples):
-        raise InputError("the same --samples file is given twice")
+    """--name for each --samples, else the file stem (the path as given when stems collide).
+
+    The same file given twice, under any spelling (x.jsonl, ./x.jsonl, a link), is an error.
+    """
+    seen: dict[str, str] = {}
+    for path in samples:
+        first = seen.setdefault(os.path.realpath(path), path)
+        if first is not path:
+            raise InputError(f"the same --samples file is given twice: {first} and {path}")
     if names:
         if len(names) != len(samples):
             raise InputError(f"--name given {len(names)} times for {len(samples)} --samples files: give one per file or none")
