@@ -215,6 +215,14 @@ def test_hand_written_file_loads(tmp_path):
         '{"cuts": {"age": [1, "2", 3, 4]}}',
         '{"cuts": {"age": "1,2,3,4"}}',
         '{"method": "quantile", "cuts": {"age": [1, 2, 3, 4]}}',
+        # numbers that are not cut points: every level would become 1 (or the order meaningless)
+        '{"cuts": {"age": [NaN, NaN, NaN, NaN]}}',
+        '{"cuts": {"age": [1, 2, 3, NaN]}}',
+        '{"cuts": {"age": [1, 2, 3, Infinity]}}',
+        '{"cuts": {"age": [false, true, true, true]}}',
+        '{"cuts": {"age": [1, 2, 3, null]}}',
+        '{"cuts": {"age": [-1, 2, 3, 4]}}',
+        '{"cuts": {"age": [1, 2, 3, 5.5]}}',
     ],
 )
 def test_malformed_file_raises_value_error_naming_the_file(tmp_path, content):
@@ -231,3 +239,12 @@ def test_non_utf8_file_raises_value_error_naming_the_file(tmp_path):
     with pytest.raises(ValueError) as info:
         Calibrator.load(path)
     assert str(path) in str(info.value)
+
+
+def test_cut_points_at_the_ends_of_the_scale_load(tmp_path):
+    # equal_frequency_cuts writes 0 and 5 for an empty side; a file with a BOM loads too.
+    path = tmp_path / "ends.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"method": "equal_frequency", "cuts": {"age": [0, 0.0, 3, 5]}}')
+    cal = Calibrator.load(path)
+    # s = 30/10 = 3: above 0, 0 and not above 3 -> level 3; s = 5 -> not above 5 -> level 4
+    assert (cal.transform("age", 30, 10), cal.transform("age", 50, 10)) == (3, 4)

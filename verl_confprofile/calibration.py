@@ -98,10 +98,11 @@ class Calibrator:
             if (
                 not isinstance(cuts, list)
                 or len(cuts) != LEVELS - 1
-                or not all(isinstance(x, (int, float)) for x in cuts)
+                or not all(type(x) in (int, float) and 0 <= x <= LEVELS for x in cuts)
                 or sorted(cuts) != cuts
             ):
-                raise ValueError(f"{source}: cuts.{dim}: expected {LEVELS - 1} ascending numbers")
+                # A NaN or a boolean compares like no number: every level would become 1.
+                raise ValueError(f"{source}: cuts.{dim}: expected {LEVELS - 1} ascending numbers from 0 to {LEVELS}, got {cuts!r}")
         try:
             return cls(data.get("method", "equal_frequency"), data["cuts"])
         except ValueError as exc:
@@ -115,7 +116,7 @@ class Calibrator:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibrator":
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 data = json.load(fh)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
