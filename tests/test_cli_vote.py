@@ -32,7 +32,9 @@ SAMPLES = [
 
 
 def dim(tag, score, votes, margin, confidence=None):
-    return {"tag": tag, "score": score, "votes": votes, "margin": margin, "confidence": confidence}
+    """An output dimension without --threshold: the tag is the vote's (none without a well-formed sample)."""
+    voted = tag if votes else None
+    return {"tag": tag, "voted_tag": voted, "thresholded": False, "score": score, "votes": votes, "margin": margin, "confidence": confidence}
 
 
 def unanswered(confidence=None):
@@ -170,6 +172,15 @@ def test_vote_threshold_turns_low_confidence_tags_into_na(samples_file, calibrat
     for record in records:
         assert {k: record["profile"][k]["tag"] for k in OTHER_DIMS} == {k: "NA" for k in OTHER_DIMS}
         assert record["profile"]["gender"]["confidence"] == LEVELS[record["user_id"]]["gender"]
+    # A thresholded NA says so and keeps the voted tag its score belongs to; a voted or
+    # unanswered NA is not thresholded.
+    voted = {"u_b": ("Male", "31-40"), "u_a": ("Female", "18-23")}
+    for record in records:
+        for i, key in enumerate(("gender", "age")):
+            out = record["profile"][key]
+            assert out["voted_tag"] == voted[record["user_id"]][i]
+            assert out["thresholded"] == (out["tag"] != out["voted_tag"])
+        assert not any(record["profile"][k]["thresholded"] for k in OTHER_DIMS)
 
 
 def test_vote_with_custom_taxonomy(tmp_path):
@@ -348,3 +359,20 @@ def test_core_imports_neither_verl_nor_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_voted_na_below_the_threshold_is_not_marked_thresholded(tmp_path):
+    tax = tmp_path / "pets.yaml"
+    tax.write_text("dimensions:\n  pet:\n    labels: [Dog, Cat, NA]\n  home:\n    labels: [City, NA]\n", encoding="utf-8")
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"method": "equal_frequency", "cuts": {"pet": [1, 2, 3, 4], "home": [1, 2, 3, 4]}}), encoding="utf-8")
+    # One sample: pet NA at 1 (s = 1 -> level 1), home City at 2 (s = 2 -> level 2); tau 3 -> both below.
+    samples = write_jsonl(
+        tmp_path / "s.jsonl",
+        [{"user_id": "u", "sample_idx": 0, "text": "<pet><tag>NA</tag><score>1</score></pet><home><tag>City</tag><score>2</score></home>"}],
+    )
+    out = tmp_path / "out.jsonl"
+    assert run_vote(samples, out, "--taxonomy", str(tax), "--calibration", str(cal), "--threshold", "3") == 0
+    profile = read_jsonl(out)[0]["profile"]
+    assert profile["pet"] == {**dim("NA", 1, 1, 1, confidence=1), "voted_tag": "NA", "thresholded": False}
+    assert profile["home"] == {**dim("City", 2, 1, 2, confidence=2), "tag": "NA", "thresholded": True}

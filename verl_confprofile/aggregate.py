@@ -62,7 +62,10 @@ def profile_record(
     """The output record of one user. A dimension with no well-formed sample is NA with S = 0.
 
     ``confidence`` is the calibrated level of S over M = samples.num_samples, or None without a
-    calibrator; with ``threshold``, a tag whose confidence is below it becomes NA.
+    calibrator; with ``threshold``, a tag whose confidence is below it becomes NA. ``voted_tag``
+    is the vote's tag (None without a well-formed sample), to which ``score``, ``votes`` and
+    ``margin`` belong, and ``thresholded`` says whether ``tag`` is NA because of the threshold,
+    so a thresholded NA is told from a voted one.
     """
     votes = samples.votes(taxonomy, voting)
     m = samples.num_samples
@@ -71,9 +74,16 @@ def profile_record(
         v = votes[dim.key]
         conf = calibrator.transform(dim.key, v.score, m) if calibrator else None
         tag = v.tag if v.tag is not None else dim.na
-        if threshold is not None and conf is not None and conf < threshold:
-            tag = dim.na
-        profile[dim.key] = {"tag": tag, "score": v.score, "votes": v.votes, "margin": v.margin, "confidence": conf}
+        thresholded = threshold is not None and conf is not None and conf < threshold and tag != dim.na
+        profile[dim.key] = {
+            "tag": dim.na if thresholded else tag,
+            "voted_tag": v.tag,
+            "thresholded": thresholded,
+            "score": v.score,
+            "votes": v.votes,
+            "margin": v.margin,
+            "confidence": conf,
+        }
         malformed[dim.key] = m - v.n_valid
     return {"user_id": user_id, "profile": profile, "malformed": malformed}
 
