@@ -48,13 +48,15 @@ def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None, 
         raise InputError(f"{path}: cannot open: {exc.strerror}") from None
     with fh:
         fh.seek(start)
-        pos = start
+        if start != 0 or fh.read(len(BOM)) != BOM:
+            fh.seek(start)
+        if end is None:
+            yield from enumerate(fh, first_line)
+            return
+        pos = fh.tell()
         for lineno, line in enumerate(fh, first_line):
-            if end is not None and pos >= end:
+            if pos >= end:
                 break
-            if pos == 0 and line.startswith(BOM):
-                line = line[len(BOM) :]
-                pos += len(BOM)
             pos += len(line)
             yield lineno, line
 
