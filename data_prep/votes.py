@@ -1,10 +1,10 @@
 """The per-sample and per-user transforms of build-sft and build-rl, whichever engine runs them.
 
 A samples-file line becomes, with ``read_sample``, the raw text of one sample of a kept user,
-or a ``jsonl.SampleEvent`` (a counted skip or an error). A user's samples are parsed and folded, in
-any order, into a ``tally.UserTally``, which finishes into the user's ``UserVote``. ``VoteJob`` is
-what a vote stage is given and ``VoteStage`` what it returns (see ``engine`` for where the
-stage runs).
+or a ``jsonl.SampleEvent`` (a counted skip or an error). A user's samples are parsed and
+folded, in any order, into a ``tally.UserTally``, which finishes into the user's ``UserVote``.
+``VoteJob`` is what a vote stage is given and ``VoteStage`` what it returns (see ``engine``
+for where the stage runs).
 """
 
 from __future__ import annotations

@@ -460,6 +460,9 @@ def test_the_same_samples_file_under_two_spellings_is_refused(files, tmp_path, c
     monkeypatch.chdir(tmp_path)
     assert run_eval(files, "single.jsonl", "./single.jsonl", files["single"]) == 2
     assert "the same --samples file is given twice: single.jsonl and ./single.jsonl" in capsys.readouterr().err
+    twice = "single.jsonl"
+    assert run_eval(files, twice, twice) == 2  # the very same string too
+    assert "given twice: single.jsonl and single.jsonl" in capsys.readouterr().err
 
 
 def test_a_null_label_is_no_label(files, tmp_path):

@@ -369,6 +369,7 @@ def test_a_byte_order_mark_is_ignored(tmp_path):
         ("dimensions:\n  pet:\n    labels: [Dog, NA]\n  pet:\n    labels: [Cat, NA]\n", "line 4"),
         ("dimensions:\n  pet:\n    labels: [Dog, NA]\n    labels: [Cat, NA]\n", "line 4"),
         ("na_label: NA\nna_label: Unknown\ndimensions:\n  pet:\n    labels: [Dog, NA]\n", "line 2"),
+        ("dimensions: {pet: {labels: [Dog, NA]}, pet: {labels: [Cat, NA]}}\n", "line 1"),
     ],
 )
 def test_a_repeated_key_is_an_error(tmp_path, text, line):

@@ -386,9 +386,10 @@ def run_names(samples: Sequence[str], names: Sequence[str] | None) -> list[str]:
     """
     seen: dict[str, str] = {}
     for path in samples:
-        first = seen.setdefault(os.path.realpath(path), path)
-        if first is not path:
-            raise InputError(f"the same --samples file is given twice: {first} and {path}")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InputError(f"the same --samples file is given twice: {seen[real]} and {path}")
+        seen[real] = path
     if names:
         if len(names) != len(samples):
             raise InputError(f"--name given {len(names)} times for {len(samples)} --samples files: give one per file or none")

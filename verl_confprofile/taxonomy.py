@@ -35,16 +35,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
-    seen: dict[object, int] = {}
+    seen: dict[object, yaml.Node] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
         try:
-            first = seen.setdefault(key, key_node.start_mark.line + 1)
+            first = seen.setdefault(key, key_node)
         except TypeError:  # an unhashable key: construct_mapping reports it
             continue
-        if first != key_node.start_mark.line + 1:
+        if first is not key_node:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
+                None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark
             )
     return loader.construct_mapping(node, deep=True)
 
