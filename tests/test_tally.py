@@ -124,6 +124,18 @@ def test_canonical_texts_are_read_and_folded_in_one_pass():
     assert tally.choices[0] == [("Female", 5), ("Female", 5), ("Male", 2), ("Male", 2), ("Male", 4)]
 
 
+def test_a_reasoning_section_reopened_after_the_answer_is_not_folded():
+    # The answer ends where a <think> opens after the last </think> (an output cut while
+    # reasoning again): the compiled one-pass fold reads the answer alone, as the parser does.
+    answer = render_profile(FULL, TAX)
+    text = "<think>a</think>\n" + answer + "\n<think>hmm, maybe " + render_profile(dict(FULL, gender=("Male", 1, "x")), TAX)
+    one_pass, reference = UserTally(TAX), UserTally(TAX)
+    assert fold_canonical(text, one_pass.parse.spec, one_pass.choices, one_pass.best, one_pass.pairs, 0) is True
+    _fold(reference.choices, reference.best, reference.pairs, reference.parse(answer).values(), 0, MALFORMED)
+    assert (one_pass.choices, one_pass.best) == (reference.choices, reference.best)
+    assert one_pass.choices[0] == [("Female", 5)]
+
+
 def tally_of(texts, evidence, one_pass):
     tally = UserTally(TAX, evidence=evidence)
     for line, (idx, text) in enumerate(texts, 1):
