@@ -28,6 +28,7 @@ from collections import Counter
 from verl_confprofile.calibration import LEVELS, Calibrator
 from verl_confprofile.gc_pause import cyclic_gc_paused
 from verl_confprofile.jsonl import write_json
+from verl_confprofile.output_guard import declare
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
@@ -50,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", default=difficulty.ORIGINAL, help=f"difficulty shape: {', '.join((difficulty.ORIGINAL, *difficulty.SHAPES))} or 'w1,w2,w3,w4,w5' (default: original, no filtering)")
     p.add_argument("--size", type=int, metavar="N", help="number of users to keep (default: the most the shape allows)")
     p.set_defaults(func=run)
+    declare(p, inputs=("records", "samples", "calibration", "taxonomy", "tokenizer"), folder=True)
 
 
 def run(args: argparse.Namespace) -> None:

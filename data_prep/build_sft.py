@@ -25,6 +25,7 @@ from typing import Sequence
 from verl_confprofile.calibration import LEVELS, Calibrator
 from verl_confprofile.gc_pause import cyclic_gc_paused
 from verl_confprofile.jsonl import write_json
+from verl_confprofile.output_guard import declare
 from verl_confprofile.profile_format import render_profile
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
@@ -45,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-calibration", action="store_true", help="linear confidence map instead of equal-frequency levels (Table 4 ablation)")
     p.add_argument("--val-fraction", type=float, default=0.0, metavar="F", help="share of users written to sft_val.parquet (default 0: no split)")
     p.set_defaults(func=run)
+    declare(p, inputs=("records", "samples", "taxonomy", "tokenizer"), folder=True)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, TextIO
 
 from verl_confprofile.jsonl import InputError, JSONDecodeError, loads, sample_fields, write_line
 from verl_confprofile.jsonl import field as checked_field
+from verl_confprofile.output_guard import declare
 from verl_confprofile.taxonomy import Taxonomy
 
 from .backends import Backend, Job, OpenAIBackend, Outcome, RetryPolicy, SimulatedBackend, VLLMBackend
@@ -305,3 +306,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     offline.add_argument("--engine-arg", type=_engine_arg, action="append", metavar="KEY=VALUE",
                          help="argument for vllm.LLM, repeatable: --engine-arg tensor_parallel_size=2 --engine-arg max_model_len=32768")
     p.set_defaults(func=run)
+    declare(p, inputs=("records", "taxonomy"), folder=False)

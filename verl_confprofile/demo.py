@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .jsonl import write_line
 from .metrics import average_scores, profile_scores
+from .output_guard import declare
 from .taxonomy import Taxonomy
 
 STAGES = 7
@@ -27,6 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--users", type=int, default=400, help="simulated users in the SFT pool (RL and eval pools: half)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
+    declare(p, inputs=(), folder=True)
 
 
 def _say(stage: int, text: str) -> None:
