@@ -33,10 +33,12 @@ from verl_confprofile.taxonomy import Taxonomy
 from .budget import PromptBudget
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
-from .outputs import sft_table, write_parquet
+from .outputs import OutputFolder, sft_table, write_parquet
 from .prepare import prepare, prompt_report
 
 NO_EVIDENCE = "No usable evidence for this dimension."
+# Every file build-sft writes in --out; an earlier build's copy of any of them is removed first.
+OUTPUTS = ("sft_train.parquet", "sft_val.parquet", "calibration.json", "report.json", "confidence.png")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -124,30 +126,30 @@ def build_sft(
         answer = {"role": "assistant", "content": render_profile(target, taxonomy)}
         (val_rows if i in val else train_rows).append({"messages": [*fit.messages, answer], "user_id": record["user_id"]})
 
-    os.makedirs(out, exist_ok=True)
-    write_parquet(train_rows, os.path.join(out, "sft_train.parquet"), sft_table)
-    if val_rows:
-        write_parquet(val_rows, os.path.join(out, "sft_val.parquet"), sft_table)
-    calibrator.save(os.path.join(out, "calibration.json"))
-    report = {
-        "command": "build-sft",
-        "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
-        "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine},
-        "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
-        "skipped": prep.skips.to_dict(),
-        "prompts": prompt_report(prep, budget),
-        "dimensions": stats.to_dict(),
-        "calibration": calibrator.to_dict(),
-    }
-    write_json(report, os.path.join(out, "report.json"))
-    # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
-    # import error it catches), which would keep them alive until the next full collection.
-    del prep, train_rows, val_rows
-    from .plots import confidence_figure
+    with OutputFolder(out, OUTPUTS) as folder:
+        write_parquet(train_rows, folder.file("sft_train.parquet"), sft_table)
+        if val_rows:
+            write_parquet(val_rows, folder.file("sft_val.parquet"), sft_table)
+        calibrator.save(folder.file("calibration.json"))
+        report = {
+            "command": "build-sft",
+            "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
+            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine},
+            "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
+            "skipped": prep.skips.to_dict(),
+            "prompts": prompt_report(prep, budget),
+            "dimensions": stats.to_dict(),
+            "calibration": calibrator.to_dict(),
+        }
+        write_json(report, folder.file("report.json"))
+        # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
+        # import error it catches), which would keep them alive until the next full collection.
+        del prep, train_rows, val_rows
+        from .plots import confidence_figure
 
-    confidence_figure(
-        os.path.join(out, "confidence.png"), stats.before, stats.after, calibrator.cuts, {d.key: d.name for d in taxonomy}
-    )
+        confidence_figure(
+            folder.file("confidence.png"), stats.before, stats.after, calibrator.cuts, {d.key: d.name for d in taxonomy}
+        )
     return report
 
 

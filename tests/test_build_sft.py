@@ -408,3 +408,35 @@ def test_sft_parquet_is_written_in_row_groups(tmp_path):
     write_parquet(rows, str(path), sft_table)
     assert pq.ParquetFile(path).metadata.num_row_groups == 2  # ROW_GROUP rows, then the 5 left
     assert pq.read_table(path).to_pylist() == rows
+
+
+def test_a_rebuild_removes_outputs_of_an_earlier_build_it_does_not_write(small, tmp_path, capsys):
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file), "--val-fraction", "0.34") == 0
+    assert (out / "sft_val.parquet").exists()
+    (out / "notes.txt").write_text("mine")  # not an output of the build: left alone
+    capsys.readouterr()
+
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
+
+    assert not (out / "sft_val.parquet").exists()  # its users are in train now
+    assert [r["user_id"] for r in rows_of(out / "sft_train.parquet")] == ["u1", "u2", "u3"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert f"{out}: removed sft_val.parquet left by an earlier build" in capsys.readouterr().err
+
+
+def test_every_declared_output_is_rewritten_or_removed(small, tmp_path):
+    # Whatever the list of outputs holds (new ones included), no stale copy survives a build.
+    from verl_confprofile.data_prep.build_sft import OUTPUTS
+
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+    out.mkdir()
+    for name in OUTPUTS:
+        (out / name).write_bytes(b"stale")
+        (out / f"{name}.tmp").write_bytes(b"stale")
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
+    for name in OUTPUTS:
+        assert not (out / f"{name}.tmp").exists()
+        assert not (out / name).exists() or (out / name).read_bytes() != b"stale", name
