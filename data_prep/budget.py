@@ -52,6 +52,29 @@ class PromptFit(NamedTuple):
     error: str | None
 
 
+def prompt_report(fits: list[PromptFit], budget: PromptBudget | None) -> dict:
+    """Prompt-length section of a report: the limit, truncated users, dropped keyphrases, longest prompt."""
+    tokens = [f.tokens for f in fits if f.tokens is not None]
+    return {
+        "max_prompt_length": budget.max_tokens if budget else None,
+        "tokenizer": budget.tokenizer if budget else None,
+        "truncated_users": sum(1 for f in fits if f.dropped),
+        "dropped_keyphrases": sum(f.dropped for f in fits),
+        "longest_prompt_tokens": max(tokens, default=None),
+    }
+
+
+def prompt_summary(report: dict) -> str:
+    """The prompt part of a command's summary line, from ``prompt_report``: synthesize and both builds
+    print the same words, so a budget that cut prompts in one and not the other shows."""
+    if report["max_prompt_length"] is None:
+        return "prompts: no token budget"
+    return (
+        f"prompts: at most {report['max_prompt_length']} tokens, {report['truncated_users']} users truncated "
+        f"({report['dropped_keyphrases']} keyphrases dropped), longest {report['longest_prompt_tokens']}"
+    )
+
+
 def fit_prompts(records: list[dict], taxonomy: Taxonomy, budget: PromptBudget | None) -> list[PromptFit]:
     """Prompts of a batch of records; over-long ones are fitted by ``prompt.fit_messages``."""
     chats = [messages(r, taxonomy) for r in records]

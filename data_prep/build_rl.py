@@ -33,7 +33,7 @@ from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 from . import difficulty
-from .budget import PromptBudget
+from .budget import PromptBudget, prompt_summary
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
 from .outputs import OutputFolder, write_parquet
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     counts = report["counts"]
     print(
         f"build-rl: {counts['rows']} rows of {counts['users_kept']} eligible users, shape {args.shape} "
-        f"(left out: {left_out(report)}) -> {args.out}"
+        f"(left out: {left_out(report)}; {prompt_summary(report['prompts'])}) -> {args.out}"
     )
 
 

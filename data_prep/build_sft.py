@@ -30,7 +30,7 @@ from verl_confprofile.profile_format import render_profile
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
-from .budget import PromptBudget
+from .budget import PromptBudget, prompt_summary
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
 from .outputs import OutputFolder, sft_table, write_parquet
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
     counts = report["counts"]
     print(
         f"build-sft: {counts['train_rows']} train + {counts['val_rows']} val rows from {counts['users_with_samples']} users "
-        f"with samples (left out: {left_out(report)}) -> {args.out}"
+        f"with samples (left out: {left_out(report)}; {prompt_summary(report['prompts'])}) -> {args.out}"
     )
 
 
