@@ -42,6 +42,14 @@ class PromptBudget:
         return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
+def count_conversations(tokenizer: str, chats: list[list[dict]]) -> list[int]:
+    """Tokens of whole conversations (prompt and answer), as verl's SFT counts a row against its
+    ``data.max_length``: the chat template without a generation prompt, no extra special tokens."""
+    tok = load_tokenizer(tokenizer)
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
 class PromptFit(NamedTuple):
     """A user's chat prompt, the keyphrases dropped to fit it, its length (None when not counted),
     or ``error`` when it cannot fit even without keyphrases."""
