@@ -162,6 +162,8 @@ def scan_output(path: str, model: str, sampling: dict | None = None, prompts: di
 def _check_sampling(obj: dict, sampling: dict, path: str, lineno: int) -> None:
     """A line's ``sampling`` must equal this run's; the message names the first setting that differs."""
     found = obj.get("sampling")
+    if found == sampling:
+        return
     if not isinstance(found, dict):
         raise InputError(
             f"{path}:{lineno}: a sample without the record of how it was drawn (field 'sampling'; written by an "
