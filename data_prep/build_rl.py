@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections import Counter
 
 from verl_confprofile.calibration import LEVELS, Calibrator

@@ -20,7 +20,6 @@ report.json and confidence.png (Figure 3).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 from collections import Counter
 from typing import Sequence

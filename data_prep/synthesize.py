@@ -47,7 +47,7 @@ from verl_confprofile.output_guard import declare
 from verl_confprofile.taxonomy import Taxonomy
 
 from .backends import Backend, Job, OpenAIBackend, Outcome, RetryPolicy, SimulatedBackend, VLLMBackend
-from .budget import PromptBudget, fit_prompts, prompt_report, prompt_summary
+from .budget import PromptBudget, PromptFit, fit_prompts, prompt_report, prompt_summary
 from .build_args import prompt_budget
 from .records import read_records
 
@@ -332,7 +332,9 @@ def sampling_settings(args: argparse.Namespace) -> dict:
 PROMPT_BATCH = 256  # users per fit_prompts call (one tokenizer call each)
 
 
-def user_prompts(records: dict[str, dict], taxonomy: Taxonomy, budget: PromptBudget | None) -> tuple[dict[str, list[dict]], list, list[str]]:
+def user_prompts(
+    records: dict[str, dict], taxonomy: Taxonomy, budget: PromptBudget | None
+) -> tuple[dict[str, list[dict]], list[PromptFit], list[str]]:
     """({user_id: chat prompt} fitted to the budget, the fits, users whose prompt cannot fit with the reason)."""
     users = list(records)
     prompts, fits, too_long = {}, [], []
