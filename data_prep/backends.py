@@ -197,8 +197,8 @@ class OpenAIBackend:
     """Any OpenAI-compatible chat endpoint (a hosted teacher, or ``vllm serve``), via ``openai.AsyncOpenAI``.
 
     ``concurrency`` workers share one queue of samples, so at most that many requests are in
-    flight and pending prompts are built only when a worker takes them (memory stays flat for
-    any number of users). The client's own retries are off: this class retries 408, 429, 5xx,
+    flight and pending jobs are made only when a worker takes them (memory holds one prompt
+    per user and no queue of requests). The client's own retries are off: this class retries 408, 429, 5xx,
     timeouts and connection errors with ``RetryPolicy`` (waiting as long as a Retry-After header
     asks); other 4xx fail the sample at once.
     A 200 response that is not a chat completion (``parse_completion``) is retried like a 5xx,
