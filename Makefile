@@ -6,6 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
+# torch is asked for by its CPU build's version (+cpu), so pip can never pick the multi-GB CUDA
+# build PyPI serves for Linux: from the configured indexes when they hold it (a mirror, a wheel
+# folder), else from PyTorch's CPU index. macOS wheels carry no +cpu (they are CPU builds):
+# there, and for a CUDA build, override it, e.g. `make test TORCH=torch==2.13.0`.
+TORCH ?= torch==2.13.0+cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test bench
 
@@ -13,7 +19,8 @@ OUT ?= out
 $(STAMP): setup.py verl_confprofile/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet '$(TORCH)' \
+		|| $(BIN)/python -m pip install --quiet '$(TORCH)' --extra-index-url $(TORCH_CPU_INDEX)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

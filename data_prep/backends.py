@@ -15,8 +15,10 @@ crash asks for the same draw instead of repeating one already on disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -44,12 +46,23 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One sample: its raw text, or (text None) why it failed for good."""
+    """One sample: its raw text and why generation stopped (``finish_reason``: "stop", "length"
+    for a cut at the token limit, or None when the backend does not say), or (text None) why it
+    failed for good."""
 
     user_id: str
     sample_idx: int
     text: str | None = None
     error: str | None = None
+    finish_reason: str | None = None
+
+
+def finished(user_id: str, sample_idx: int, text: str, finish_reason: str | None) -> Outcome:
+    """The outcome of a completion: an empty one (nothing at all, reasoning included) is a failure,
+    so it is not written and the next run draws it again."""
+    if not text.strip():
+        return Outcome(user_id, sample_idx, error=f"empty completion (finish_reason {finish_reason})")
+    return Outcome(user_id, sample_idx, text=text, finish_reason=finish_reason)
 
 
 Emit = Callable[[Outcome], None]
@@ -117,8 +130,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def completion_text(message: Any) -> str:
-    """The raw text of a chat completion message, reasoning included.
+def completion_text(message: Mapping[str, Any]) -> str:
+    """The raw text of a chat completion message (the JSON object), reasoning included.
 
     Reasoning models served with a reasoning parser return their chain of thought separately
     (``reasoning_content`` in DeepSeek's API and older vLLM, ``reasoning`` in newer vLLM and
@@ -126,9 +139,9 @@ def completion_text(message: Any) -> str:
     whole output, as a model without the parser would have written it. A lone surrogate (an
     escape such as \\ud800 that JSON lets through) becomes U+FFFD: UTF-8 cannot store it.
     """
-    content = message.content or ""
+    content = message.get("content") or ""
     for name in ("reasoning_content", "reasoning"):
-        reasoning = getattr(message, name, None)
+        reasoning = message.get(name)
         if isinstance(reasoning, str) and reasoning:
             content = f"<think>{reasoning}</think>\n{content}"
             break
@@ -137,6 +150,38 @@ def completion_text(message: Any) -> str:
     except UnicodeEncodeError:
         content = _SURROGATE.sub("\ufffd", content)
     return content
+
+
+class BadResponse(ValueError):
+    """A 200 response that is not a chat completion (not JSON, an HTML page, a JSON array, no message)."""
+
+
+def parse_completion(body: bytes) -> tuple[str, str | None]:
+    """(text, finish_reason) of the first choice of a chat completion body; BadResponse says what is wrong.
+
+    The body is read here rather than by the client's models, which accept anything and fail
+    later with an AttributeError, or stop the run with a bare JSON error.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        snippet = body[:60].decode("utf-8", "replace").strip()
+        raise BadResponse(f"the body is not JSON (it starts {snippet!r})") from None
+    if not isinstance(data, dict):
+        raise BadResponse(f"the body is a JSON {type(data).__name__}, not a chat completion object")
+    if isinstance(data.get("error"), dict):
+        raise BadResponse(f"an error in a 200 response: {data['error'].get('message')!r}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise BadResponse("a response without choices")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise BadResponse("choices[0] has no message object")
+    if not isinstance(message.get("content"), (str, type(None))):
+        raise BadResponse(f"message content is a JSON {type(message['content']).__name__}, not text")
+    reason = choice.get("finish_reason")
+    return completion_text(message), reason if isinstance(reason, str) else None
 
 
 def _describe(exc: Exception) -> str:
@@ -152,13 +197,17 @@ class OpenAIBackend:
     """Any OpenAI-compatible chat endpoint (a hosted teacher, or ``vllm serve``), via ``openai.AsyncOpenAI``.
 
     ``concurrency`` workers share one queue of samples, so at most that many requests are in
-    flight and pending prompts are built only when a worker takes them (memory stays flat for
-    any number of users). The client's own retries are off: this class retries 408, 429, 5xx,
+    flight and pending jobs are made only when a worker takes them (memory holds one prompt
+    per user and no queue of requests). The client's own retries are off: this class retries 408, 429, 5xx,
     timeouts and connection errors with ``RetryPolicy`` (waiting as long as a Retry-After header
     asks); other 4xx fail the sample at once.
+    A 200 response that is not a chat completion (``parse_completion``) is retried like a 5xx,
+    with a reason naming the endpoint.
     401/403/404 stop the run (``EndpointError``), and so does a sample that runs out of retries
     before the endpoint has answered anything at all: a wrong URL or a server that is down
-    would otherwise fail every sample only after its full backoff.
+    would otherwise fail every sample only after its full backoff. Later in a run, an endpoint
+    that gives no valid completion for ``stall_timeout`` seconds stops the run the same way,
+    instead of retrying every sample for its full backoff without a word.
     """
 
     def __init__(
@@ -173,6 +222,7 @@ class OpenAIBackend:
         temperature: float | None = None,
         max_tokens: int | None = None,
         seed: int | None = None,
+        stall_timeout: float = 900.0,
     ):
         self.model = model
         self.api_key = api_key
@@ -182,8 +232,11 @@ class OpenAIBackend:
         self.retry = retry
         self.params = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}
         self.seed = seed
+        self.stall_timeout = stall_timeout
         self._rng = random.Random()
         self._answered = False
+        self._last_success = time.monotonic()
+        self._last_error = ""
 
     async def run(self, jobs: Iterable[Job], emit: Emit) -> None:
         from openai import AsyncOpenAI
@@ -195,13 +248,31 @@ class OpenAIBackend:
                 for job, idx in work:
                     emit(await self._sample(client, job, idx))
 
+            self._last_success = time.monotonic()
             tasks = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+            watchdog = asyncio.create_task(self._watch(str(client.base_url)))
+            workers = asyncio.gather(*tasks)
             try:
-                await asyncio.gather(*tasks)
+                await asyncio.wait({workers, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+                if watchdog.done():
+                    watchdog.result()  # raises EndpointError
+                await workers
             finally:
-                for task in tasks:
+                for task in (*tasks, watchdog):
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(workers, watchdog, return_exceptions=True)
+
+    async def _watch(self, url: str) -> None:
+        """Raise EndpointError once no valid completion has come for ``stall_timeout`` seconds."""
+        while True:
+            silent = time.monotonic() - self._last_success
+            if silent >= self.stall_timeout:
+                raise EndpointError(
+                    f"no valid completion from {url} for {silent:.0f} s (--stall-timeout {self.stall_timeout:g}); "
+                    f"the endpoint looks down or stuck (last error: {self._last_error or 'none, requests still open'}). "
+                    "Finished samples are kept: run the same command again once it answers"
+                )
+            await asyncio.sleep(min(self.stall_timeout - silent, 1.0))
 
     async def _sample(self, client: Any, job: Job, idx: int) -> Outcome:
         import openai
@@ -212,9 +283,13 @@ class OpenAIBackend:
         reason, asked = "", None
         for attempt in range(self.retry.max_retries + 1):
             if attempt:
+                self._last_error = reason
                 await asyncio.sleep(self.retry.delay(attempt - 1, self._rng, asked))
             try:
-                response = await client.chat.completions.create(model=self.model, messages=job.messages, **params)
+                raw = await client.chat.completions.with_raw_response.create(model=self.model, messages=job.messages, **params)
+                text, finish_reason = parse_completion(raw.content)
+            except BadResponse as exc:
+                reason, asked = f"invalid response from {client.base_url}: {exc}", None
             except openai.APIStatusError as exc:
                 self._answered = True
                 if exc.status_code in FATAL_STATUS:
@@ -228,9 +303,8 @@ class OpenAIBackend:
                 return Outcome(job.user_id, idx, error=_describe(exc))
             else:
                 self._answered = True
-                if not response.choices:
-                    return Outcome(job.user_id, idx, error="response without choices")
-                return Outcome(job.user_id, idx, text=completion_text(response.choices[0].message))
+                self._last_success = time.monotonic()
+                return finished(job.user_id, idx, text, finish_reason)
         reason = f"{reason} (gave up after {self.retry.max_retries + 1} attempts)"
         if not self._answered:
             raise EndpointError(f"no answer from {client.base_url}: {reason}")
@@ -303,7 +377,7 @@ class VLLMBackend:
         outputs = llm.chat([job.messages for job, _ in requests], params, use_tqdm=False)
         for (job, run), output in zip(requests, outputs):
             for idx, completion in zip(run, output.outputs):
-                emit(Outcome(job.user_id, idx, text=completion.text))
+                emit(finished(job.user_id, idx, completion.text, getattr(completion, "finish_reason", None)))
 
 
 class SimulatedBackend:
@@ -322,4 +396,4 @@ class SimulatedBackend:
     async def run(self, jobs: Iterable[Job], emit: Emit) -> None:
         for job in jobs:
             for idx in job.sample_idxs:
-                emit(Outcome(job.user_id, idx, text=self.population.sample_text(job.user_id, idx)))
+                emit(Outcome(job.user_id, idx, text=self.population.sample_text(job.user_id, idx), finish_reason="stop"))

@@ -42,6 +42,14 @@ class PromptBudget:
         return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
+def count_conversations(tokenizer: str, chats: list[list[dict]]) -> list[int]:
+    """Tokens of whole conversations (prompt and answer), as verl's SFT counts a row against its
+    ``data.max_length``: the chat template without a generation prompt, no extra special tokens."""
+    tok = load_tokenizer(tokenizer)
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
 class PromptFit(NamedTuple):
     """A user's chat prompt, the keyphrases dropped to fit it, its length (None when not counted),
     or ``error`` when it cannot fit even without keyphrases."""
@@ -50,6 +58,29 @@ class PromptFit(NamedTuple):
     dropped: int
     tokens: int | None
     error: str | None
+
+
+def prompt_report(fits: list[PromptFit], budget: PromptBudget | None) -> dict:
+    """Prompt-length section of a report: the limit, truncated users, dropped keyphrases, longest prompt."""
+    tokens = [f.tokens for f in fits if f.tokens is not None]
+    return {
+        "max_prompt_length": budget.max_tokens if budget else None,
+        "tokenizer": budget.tokenizer if budget else None,
+        "truncated_users": sum(1 for f in fits if f.dropped),
+        "dropped_keyphrases": sum(f.dropped for f in fits),
+        "longest_prompt_tokens": max(tokens, default=None),
+    }
+
+
+def prompt_summary(report: dict) -> str:
+    """The prompt part of a command's summary line, from ``prompt_report``: synthesize and both builds
+    print the same words, so a budget that cut prompts in one and not the other shows."""
+    if report["max_prompt_length"] is None:
+        return "prompts: no token budget"
+    return (
+        f"prompts: at most {report['max_prompt_length']} tokens, {report['truncated_users']} users truncated "
+        f"({report['dropped_keyphrases']} keyphrases dropped), longest {report['longest_prompt_tokens']}"
+    )
 
 
 def fit_prompts(records: list[dict], taxonomy: Taxonomy, budget: PromptBudget | None) -> list[PromptFit]:

@@ -19,34 +19,46 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voting", choices=VOTING_METHODS, default="confidence", help="how samples are voted (Eq. 3-5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (split, sampling)")
     parser.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
-    parser.add_argument("--tokenizer", help="tokenizer directory used to count prompt tokens (with --max-prompt-length)")
+    parser.add_argument("--tokenizer", help="tokenizer directory used to count tokens (with --max-prompt-length; build-sft: --max-length)")
     parser.add_argument("--max-prompt-length", type=int, metavar="N", help="fit every prompt within N tokens by dropping keyphrases")
     parser.add_argument("--engine", choices=ENGINES, default="local", help="where the per-user stages run (default: local)")
     parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
 
 
-def prompt_budget(tokenizer: str | None, max_prompt_length: int | None) -> PromptBudget | None:
-    """The budget asked for on the command line; the tokenizer is loaded now so a bad path fails early."""
+def prompt_budget(tokenizer: str | None, max_prompt_length: int | None, *, tokenizer_used: bool = False) -> PromptBudget | None:
+    """The budget asked for on the command line; the tokenizer is loaded now so a bad path fails early.
+
+    ``tokenizer_used``: another option uses --tokenizer (build-sft's --max-length), so it may come
+    without --max-prompt-length.
+    """
+    if max_prompt_length is None and tokenizer is not None and tokenizer_used:
+        check_tokenizer(tokenizer)
+        return None
     if (tokenizer is None) != (max_prompt_length is None):
         raise ValueError("--tokenizer and --max-prompt-length go together")
     if tokenizer is None:
         return None
     if max_prompt_length <= 0:
         raise ValueError(f"--max-prompt-length must be positive, got {max_prompt_length}")
+    check_tokenizer(tokenizer)
+    return PromptBudget(tokenizer, max_prompt_length)
+
+
+def check_tokenizer(tokenizer: str) -> None:
+    """Load --tokenizer now, so a bad path fails before any work."""
     try:
         load_tokenizer(tokenizer)
     except (OSError, ValueError) as exc:
         raise InputError(f"--tokenizer {tokenizer}: cannot load a tokenizer ({exc})") from None
-    return PromptBudget(tokenizer, max_prompt_length)
 
 
-def common_options(args: argparse.Namespace) -> dict:
+def common_options(args: argparse.Namespace, tokenizer_used: bool = False) -> dict:
     """The keyword arguments of ``build_sft`` and ``build_rl`` given by the shared options."""
     return {
         "taxonomy": Taxonomy.load(args.taxonomy),
         "voting": args.voting,
         "seed": args.seed,
-        "budget": prompt_budget(args.tokenizer, args.max_prompt_length),
+        "budget": prompt_budget(args.tokenizer, args.max_prompt_length, tokenizer_used=tokenizer_used),
         "engine": args.engine,
         "strict": args.strict,
     }

@@ -22,24 +22,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections import Counter
 
 from verl_confprofile.calibration import LEVELS, Calibrator
 from verl_confprofile.gc_pause import cyclic_gc_paused
 from verl_confprofile.jsonl import write_json
+from verl_confprofile.output_guard import declare
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 from . import difficulty
-from .budget import PromptBudget
+from .budget import PromptBudget, prompt_summary
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
-from .outputs import write_parquet
+from .outputs import OutputFolder, write_parquet
 from .prepare import prepare, prompt_report
 
 DATA_SOURCE = "confprofile"
 ABILITY = "profiling"
+# Every file build-rl writes in --out; an earlier build's copy of any of them is removed first.
+OUTPUTS = ("rl_train.parquet", "report.json", "difficulty.png")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", default=difficulty.ORIGINAL, help=f"difficulty shape: {', '.join((difficulty.ORIGINAL, *difficulty.SHAPES))} or 'w1,w2,w3,w4,w5' (default: original, no filtering)")
     p.add_argument("--size", type=int, metavar="N", help="number of users to keep (default: the most the shape allows)")
     p.set_defaults(func=run)
+    declare(p, inputs=("records", "samples", "calibration", "taxonomy", "tokenizer"), folder=True)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     counts = report["counts"]
     print(
         f"build-rl: {counts['rows']} rows of {counts['users_kept']} eligible users, shape {args.shape} "
-        f"(left out: {left_out(report)}) -> {args.out}"
+        f"(left out: {left_out(report)}; {prompt_summary(report['prompts'])}) -> {args.out}"
     )
 
 
@@ -132,38 +135,38 @@ def build_rl(
             "extra_info": {"user_id": record["user_id"], "index": len(rows), "split": "train", "ref_confidence": ref, "difficulty": levels[i]},
         })
 
-    os.makedirs(out, exist_ok=True)
-    write_parquet(rows, os.path.join(out, "rl_train.parquet"))
-    report = {
-        "command": "build-rl",
-        "inputs": {"records": records, "samples": samples, "calibration": calibration, "taxonomy": taxonomy.source},
-        "options": {"voting": voting, "shape": shape, "size": size, "seed": seed, "engine": engine},
-        "counts": {**prep.counts, "rows": len(rows), "labelled_rows": labelled, "labels_outside_taxonomy": outside},
-        "skipped": prep.skips.to_dict(),
-        "prompts": prompt_report(prep, budget),
-        "difficulty": {
-            "aggregation": "mean of the per-dimension reference confidence levels, equal-frequency levels over the pool",
-            "cuts": cuts,
-            "weights": [float(w) for w in selection.weights],
-            "max_size": selection.max_size,
-            "before": selection.available,
-            "after": selection.target,
-        },
-        "dimensions": {
-            key: {
-                "malformed_samples": malformed[key],
-                "unanswered_users": unanswered[key],
-                "ref_confidence": {str(lv): ref_counts[key][lv] for lv in range(1, LEVELS + 1)},
-            }
-            for key in taxonomy.keys
-        },
-        "calibration": calibrator.to_dict(),
-    }
-    write_json(report, os.path.join(out, "report.json"))
-    # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
-    # import error it catches), which would keep them alive until the next full collection.
-    del prep, refs, rows
-    from .plots import difficulty_figure
+    with OutputFolder(out, OUTPUTS) as folder:
+        write_parquet(rows, folder.file("rl_train.parquet"))
+        report = {
+            "command": "build-rl",
+            "inputs": {"records": records, "samples": samples, "calibration": calibration, "taxonomy": taxonomy.source},
+            "options": {"voting": voting, "shape": shape, "size": size, "seed": seed, "engine": engine},
+            "counts": {**prep.counts, "rows": len(rows), "labelled_rows": labelled, "labels_outside_taxonomy": outside},
+            "skipped": prep.skips.to_dict(),
+            "prompts": prompt_report(prep, budget),
+            "difficulty": {
+                "aggregation": "mean of the per-dimension reference confidence levels, equal-frequency levels over the pool",
+                "cuts": cuts,
+                "weights": [float(w) for w in selection.weights],
+                "max_size": selection.max_size,
+                "before": selection.available,
+                "after": selection.target,
+            },
+            "dimensions": {
+                key: {
+                    "malformed_samples": malformed[key],
+                    "unanswered_users": unanswered[key],
+                    "ref_confidence": {str(lv): ref_counts[key][lv] for lv in range(1, LEVELS + 1)},
+                }
+                for key in taxonomy.keys
+            },
+            "calibration": calibrator.to_dict(),
+        }
+        write_json(report, folder.file("report.json"))
+        # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
+        # import error it catches), which would keep them alive until the next full collection.
+        del prep, refs, rows
+        from .plots import difficulty_figure
 
-    difficulty_figure(os.path.join(out, "difficulty.png"), selection.available, selection.target, shape)
+        difficulty_figure(folder.file("difficulty.png"), selection.available, selection.target, shape)
     return report

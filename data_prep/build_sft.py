@@ -10,6 +10,9 @@ A dimension with no well-formed sample has no S: it becomes NA with confidence 1
 evidence ``NO_EVIDENCE``, is left out of the calibration fit and is counted per dimension in
 the report (``unanswered_users``).
 
+With ``--max-length`` every row is counted whole (prompt and target) with ``--tokenizer``, and a
+row longer than verl's SFT would accept is skipped and counted; the longest row is reported.
+
 Writes to --out: sft_train.parquet (and sft_val.parquet with --val-fraction), calibration.json,
 report.json and confidence.png (Figure 3).
 """
@@ -17,7 +20,6 @@ report.json and confidence.png (Figure 3).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 from collections import Counter
 from typing import Sequence
@@ -25,17 +27,20 @@ from typing import Sequence
 from verl_confprofile.calibration import LEVELS, Calibrator
 from verl_confprofile.gc_pause import cyclic_gc_paused
 from verl_confprofile.jsonl import write_json
+from verl_confprofile.output_guard import declare
 from verl_confprofile.profile_format import render_profile
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
-from .budget import PromptBudget
+from .budget import PromptBudget, count_conversations, prompt_summary
 from .build_args import add_common_arguments, common_options, left_out
 from .engine import make_engine
-from .outputs import sft_table, write_parquet
+from .outputs import OutputFolder, sft_table, write_parquet
 from .prepare import prepare, prompt_report
 
 NO_EVIDENCE = "No usable evidence for this dimension."
+# Every file build-sft writes in --out; an earlier build's copy of any of them is removed first.
+OUTPUTS = ("sft_train.parquet", "sft_val.parquet", "calibration.json", "report.json", "confidence.png")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(p)
     p.add_argument("--no-calibration", action="store_true", help="linear confidence map instead of equal-frequency levels (Table 4 ablation)")
     p.add_argument("--val-fraction", type=float, default=0.0, metavar="F", help="share of users written to sft_val.parquet (default 0: no split)")
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="longest row in tokens, prompt and target (verl SFT data.max_length, 6144 in the recipe); "
+                   "longer rows are skipped and counted; needs --tokenizer")
     p.set_defaults(func=run)
+    declare(p, inputs=("records", "samples", "taxonomy", "tokenizer"), folder=True)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -54,12 +63,16 @@ def run(args: argparse.Namespace) -> None:
         args.out,
         calibrate=not args.no_calibration,
         val_fraction=args.val_fraction,
-        **common_options(args),
+        max_length=args.max_length,
+        tokenizer=args.tokenizer,
+        **common_options(args, tokenizer_used=args.max_length is not None),
     )
-    counts = report["counts"]
+    counts, rows = report["counts"], report["rows"]
+    length = "rows: not counted" if rows["longest_row_tokens"] is None else (
+        f"rows: longest {rows['longest_row_tokens']} tokens (limit {rows['max_length']})")
     print(
         f"build-sft: {counts['train_rows']} train + {counts['val_rows']} val rows from {counts['users_with_samples']} users "
-        f"with samples (left out: {left_out(report)}) -> {args.out}"
+        f"with samples (left out: {left_out(report)}; {prompt_summary(report['prompts'])}; {length}) -> {args.out}"
     )
 
 
@@ -86,6 +99,14 @@ def sft_target(user: UserVote, taxonomy: Taxonomy, calibrator: Calibrator) -> di
     return target
 
 
+def _row_lengths(tokenizer: str, conversations: list[list[dict]], batch: int = 1024) -> list[int]:
+    """Tokens of every row (``budget.count_conversations``), a batch of rows per tokenizer call."""
+    out: list[int] = []
+    for start in range(0, len(conversations), batch):
+        out.extend(count_conversations(tokenizer, conversations[start : start + batch]))
+    return out
+
+
 def val_users(n: int, fraction: float, seed: int) -> set[int]:
     """Indices of the round(fraction * n) users drawn for validation with ``random.Random(seed)``."""
     k = int(fraction * n + 0.5)
@@ -108,45 +129,73 @@ def build_sft(
     budget: PromptBudget | None = None,
     engine: str = "local",
     strict: bool = False,
+    max_length: int | None = None,
+    tokenizer: str | None = None,
 ) -> dict:
-    """Build the SFT files in ``out`` and return the report (also written to report.json)."""
+    """Build the SFT files in ``out`` and return the report (also written to report.json).
+
+    With ``max_length`` (and a tokenizer: ``tokenizer``, else the budget's), every row is counted
+    whole, prompt and target, and a row longer than that is skipped and counted
+    (``row_too_long``) rather than left for verl's SFT to refuse mid-training; the calibrator
+    is still fitted on every voted user.
+    """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    tokenizer = tokenizer or (budget.tokenizer if budget else None)
+    if max_length is not None and (max_length <= 0 or tokenizer is None):
+        raise ValueError(f"--max-length must be positive and needs --tokenizer, got {max_length}")
     prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict)
     calibrator = fit_calibrator(prep.votes, taxonomy, calibrate)
     val = val_users(len(prep.votes), val_fraction, seed)
     stats = _DimensionStats(taxonomy)
-    train_rows, val_rows = [], []
-    for i, (record, user, fit) in enumerate(zip(prep.records, prep.votes, prep.prompts)):
+    rows = []
+    for record, user, fit in zip(prep.records, prep.votes, prep.prompts):
         target = sft_target(user, taxonomy, calibrator)
-        stats.add(user, target)
         answer = {"role": "assistant", "content": render_profile(target, taxonomy)}
-        (val_rows if i in val else train_rows).append({"messages": [*fit.messages, answer], "user_id": record["user_id"]})
+        rows.append((user, target, {"messages": [*fit.messages, answer], "user_id": record["user_id"]}))
+    lengths = _row_lengths(tokenizer, [row["messages"] for _, _, row in rows]) if tokenizer else None
+    train_rows, val_rows = [], []
+    for i, (user, target, row) in enumerate(rows):
+        if max_length is not None and lengths[i] > max_length:
+            prep.skips.add("row_too_long", f"{records}: user {row['user_id']!r}: its SFT row has {lengths[i]} tokens, "
+                           f"over --max-length {max_length}; skipped")
+            continue
+        stats.add(user, target)
+        (val_rows if i in val else train_rows).append(row)
+    if not train_rows:
+        raise ValueError(f"no SFT row left to write ({left_out({'skipped': prep.skips.to_dict()})})")
+    del rows
 
-    os.makedirs(out, exist_ok=True)
-    write_parquet(train_rows, os.path.join(out, "sft_train.parquet"), sft_table)
-    if val_rows:
-        write_parquet(val_rows, os.path.join(out, "sft_val.parquet"), sft_table)
-    calibrator.save(os.path.join(out, "calibration.json"))
-    report = {
-        "command": "build-sft",
-        "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
-        "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine},
-        "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
-        "skipped": prep.skips.to_dict(),
-        "prompts": prompt_report(prep, budget),
-        "dimensions": stats.to_dict(),
-        "calibration": calibrator.to_dict(),
-    }
-    write_json(report, os.path.join(out, "report.json"))
-    # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
-    # import error it catches), which would keep them alive until the next full collection.
-    del prep, train_rows, val_rows
-    from .plots import confidence_figure
+    with OutputFolder(out, OUTPUTS) as folder:
+        write_parquet(train_rows, folder.file("sft_train.parquet"), sft_table)
+        if val_rows:
+            write_parquet(val_rows, folder.file("sft_val.parquet"), sft_table)
+        calibrator.save(folder.file("calibration.json"))
+        report = {
+            "command": "build-sft",
+            "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
+            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine},
+            "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
+            "skipped": prep.skips.to_dict(),
+            "prompts": prompt_report(prep, budget),
+            "rows": {
+                "max_length": max_length,
+                "tokenizer": tokenizer,
+                "too_long": prep.skips.counts["row_too_long"],
+                "longest_row_tokens": max(lengths, default=None) if lengths is not None else None,
+            },
+            "dimensions": stats.to_dict(),
+            "calibration": calibrator.to_dict(),
+        }
+        write_json(report, folder.file("report.json"))
+        # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
+        # import error it catches), which would keep them alive until the next full collection.
+        del prep, train_rows, val_rows
+        from .plots import confidence_figure
 
-    confidence_figure(
-        os.path.join(out, "confidence.png"), stats.before, stats.after, calibrator.cuts, {d.key: d.name for d in taxonomy}
-    )
+        confidence_figure(
+            folder.file("confidence.png"), stats.before, stats.after, calibrator.cuts, {d.key: d.name for d in taxonomy}
+        )
     return report
 
 

@@ -1,14 +1,62 @@
-"""Writing the datasets of the builds."""
+"""Writing the datasets of the builds, into an output folder the build owns."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Iterable
+import sys
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:
     import pyarrow
 
 ROW_GROUP = 2048  # rows per parquet row group
+
+
+class OutputFolder:
+    """The output folder of a build, which owns the files named in ``owned`` (the build's one list).
+
+    On entering, every owned file an earlier build left there is removed (with the temporary
+    file of an interrupted write), before anything new is written: a file this build does not
+    write again (``sft_val.parquet`` after a rebuild without a split, say) cannot survive to be
+    taken for part of the new set, and a build that fails half-way leaves no mix of old and new
+    files (``report.json`` is written last but the plot, so its absence marks an incomplete
+    build). Other files in the folder are left alone. Every write goes through ``file(name)``,
+    which refuses a name missing from ``owned``: a new output is declared in the list or the
+    build fails, so the rule covers it without further code.
+    """
+
+    def __init__(self, path: str, owned: Sequence[str]):
+        self.path = path
+        self.owned = tuple(owned)
+        self.earlier: list[str] = []
+        self.written: list[str] = []
+
+    def __enter__(self) -> "OutputFolder":
+        os.makedirs(self.path, exist_ok=True)
+        for name in self.owned:
+            for leftover in (name, f"{name}.tmp"):
+                target = os.path.join(self.path, leftover)
+                if os.path.lexists(target):
+                    os.remove(target)
+                    if leftover == name:
+                        self.earlier.append(name)
+        return self
+
+    def file(self, name: str) -> str:
+        """The path to write the owned output ``name`` to."""
+        if name not in self.owned:
+            raise ValueError(f"{name!r} is not among the outputs this build owns ({', '.join(self.owned)}); declare it")
+        self.written.append(name)
+        return os.path.join(self.path, name)
+
+    @property
+    def stale(self) -> list[str]:
+        """Owned files an earlier build left that this one did not write again (now removed)."""
+        return [name for name in self.earlier if name not in self.written]
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None and self.stale:
+            print(f"{self.path}: removed {', '.join(self.stale)} left by an earlier build (not part of this one)", file=sys.stderr)
 
 
 def write_parquet(rows: list[dict], path: str, to_table: Callable[[list[dict]], "pyarrow.Table"] | None = None) -> None:

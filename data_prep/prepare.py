@@ -15,6 +15,7 @@ from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 from .budget import PromptBudget, PromptFit, fit_prompts
+from .budget import prompt_report as budget_report
 from .engine import Engine
 from .records import read_records
 from .votes import VoteJob
@@ -47,13 +48,16 @@ def prepare(
     object without the sample fields; no user left at all (an empty dataset would only fail
     later, in verl). Counted skips: records without behaviours, broken sample lines, samples of
     users without a kept record, repeated (user_id, sample_idx) (the first occurrence is used),
-    users without samples, users whose prompt cannot fit. With ``strict``, broken and repeated
-    sample lines are errors too.
+    users without samples, users whose prompt cannot fit; and values dropped from records
+    (``empty_keyphrase``, ``non_text_keyphrase``, ``empty_demographic``: see records). With
+    ``strict``, broken and repeated sample lines are errors too.
     """
     record_set = read_records(records_path)
     skips = SkipLog()
     for reason, n in record_set.skipped.items():
         skips.add(reason, f"{record_set.examples[reason]}: record has no behaviour keyphrases; skipped", n)
+    for reason, n in record_set.dropped.items():
+        skips.add(reason, f"{record_set.dropped_examples[reason]}: {reason.replace('_', ' ')} dropped from the record", n)
     records = record_set.records
     stage = engine.vote(VoteJob(samples_path, taxonomy, voting, tuple(records), strict))
     for event in stage.events:
@@ -87,12 +91,5 @@ def prepare(
 
 
 def prompt_report(prepared: Prepared, budget: PromptBudget | None) -> dict:
-    """Prompt-length section of a report: the limit, truncated users, dropped keyphrases, longest prompt."""
-    tokens = [f.tokens for f in prepared.prompts if f.tokens is not None]
-    return {
-        "max_prompt_length": budget.max_tokens if budget else None,
-        "tokenizer": budget.tokenizer if budget else None,
-        "truncated_users": sum(1 for f in prepared.prompts if f.dropped),
-        "dropped_keyphrases": sum(f.dropped for f in prepared.prompts),
-        "longest_prompt_tokens": max(tokens, default=None),
-    }
+    """Prompt-length section of a build's report (``budget.prompt_report`` of the kept users)."""
+    return budget_report(prepared.prompts, budget)

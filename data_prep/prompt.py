@@ -13,6 +13,7 @@ user that cannot fit even with no keyphrases left is reported, not silently cut.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Callable
 
@@ -63,8 +64,13 @@ def user_prompt(record: dict) -> str:
     lines = ["User information:", "Behaviours:"]
     lines += [f"- {name}: {'; '.join(map(str, phrases))}" for name, phrases in (record.get("behaviors") or {}).items()]
     lines.append("Self-reported (may be missing or wrong):")
-    lines += [f"- {key}: {value}" for key, value in (record.get("demographics") or {}).items()] or ["- none"]
+    lines += [f"- {key}: {_text(value)}" for key, value in (record.get("demographics") or {}).items()] or ["- none"]
     return "\n".join(lines)
+
+
+def _text(value: object) -> str:
+    """A self-reported value as text: strings as they are, anything else as JSON (never a Python repr)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def messages(record: dict, taxonomy: Taxonomy) -> list[dict]:

@@ -5,6 +5,12 @@
 optional ``labels`` maps dimensions to gold labels (evaluation sets; a null label is no
 label). A record without any keyphrase cannot be profiled: it is skipped and counted, never
 silently dropped.
+
+A keyphrase is a string with some non-space text, or a number (read as its text). Anything else
+in a behaviour list (null, "", a boolean, an object, a list) is not a keyphrase: it is dropped
+and counted (``empty_keyphrase``, ``non_text_keyphrase``) rather than rendered into the prompt as
+``None`` or a Python repr; a self-reported field that is null or empty is dropped and counted the
+same way (``empty_demographic``). A record left without keyphrases is skipped as above.
 """
 
 from __future__ import annotations
@@ -23,15 +29,31 @@ class RecordSet:
     records: dict[str, dict] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # one "file:line" per skip reason
+    dropped: Counter = field(default_factory=Counter)  # values dropped from kept or skipped records, by reason
+    dropped_examples: dict[str, str] = field(default_factory=dict)
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] += 1
         self.examples.setdefault(reason, where)
 
+    def drop(self, reason: str, where: str) -> None:
+        self.dropped[reason] += 1
+        self.dropped_examples.setdefault(reason, where)
+
+
+def _keyphrase(value: object) -> tuple[str | None, str | None]:
+    """(the keyphrase text, None) or (None, the reason it is not one)."""
+    if isinstance(value, str):
+        return (value, None) if value.strip() else (None, "empty_keyphrase")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value), None
+    return None, "empty_keyphrase" if value is None else "non_text_keyphrase"
+
 
 def read_records(path: str | os.PathLike) -> RecordSet:
     """Read and check a records file. Broken JSON and duplicate users are errors naming the line;
-    records without behaviours are skipped and counted (reason ``no_behaviors``)."""
+    records without keyphrases are skipped and counted (reason ``no_behaviors``), values that are
+    not keyphrases or fields are dropped and counted (``RecordSet.dropped``)."""
     out = RecordSet()
     lines: dict[str, int] = {}
     for lineno, rec in read_jsonl(path):
@@ -51,13 +73,28 @@ def read_records(path: str | os.PathLike) -> RecordSet:
         for name in ("demographics", "labels"):
             if rec.get(name) is not None and not isinstance(rec[name], dict):
                 raise InputError(f"{where}: field {name!r} must be an object")
-        if not behaviors or not any(behaviors.values()):
+        kept: dict[str, list[str]] = {}
+        for name, phrases in (behaviors or {}).items():
+            kept[name] = []
+            for value in phrases:
+                text, reason = _keyphrase(value)
+                if reason is None:
+                    kept[name].append(text)
+                else:
+                    out.drop(reason, where)
+        demographics = {}
+        for key, value in (rec.get("demographics") or {}).items():
+            if value is None or (isinstance(value, str) and not value.strip()):
+                out.drop("empty_demographic", where)
+            else:
+                demographics[key] = value
+        if not any(kept.values()):
             out.skip("no_behaviors", where)
             continue
         out.records[user] = {
             "user_id": user,
-            "behaviors": behaviors,
-            "demographics": rec.get("demographics") or {},
+            "behaviors": kept,
+            "demographics": demographics,
             # A null label is no label: {"gender": null} leaves the user unlabelled.
             "labels": {k: v for k, v in (rec.get("labels") or {}).items() if v is not None},
         }

@@ -325,3 +325,19 @@ def test_ray_and_local_builds_write_the_same_rows(local_ray, simulated, tmp_path
     local, ray_report = read_report(tmp_path / "local"), read_report(tmp_path / "ray")
     assert (local.pop("options")["engine"], ray_report.pop("options")["engine"]) == ("local", "ray")
     assert ray_report == local
+
+
+def test_every_declared_output_is_rewritten_or_removed(small, tmp_path):
+    # Whatever the list of outputs holds (new ones included), no stale copy survives a build.
+    from verl_confprofile.data_prep.build_rl import OUTPUTS
+
+    taxonomy_file, records, samples, calibration = small
+    out = tmp_path / "rl"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for name in OUTPUTS:
+        (out / name).write_bytes(b"stale")
+    assert build_rl(records, samples, calibration, out, "--taxonomy", str(taxonomy_file)) == 0
+    for name in OUTPUTS:
+        assert not (out / name).exists() or (out / name).read_bytes() != b"stale", name
+    assert (out / "notes.txt").read_text() == "mine"

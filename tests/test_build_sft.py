@@ -408,3 +408,105 @@ def test_sft_parquet_is_written_in_row_groups(tmp_path):
     write_parquet(rows, str(path), sft_table)
     assert pq.ParquetFile(path).metadata.num_row_groups == 2  # ROW_GROUP rows, then the 5 left
     assert pq.read_table(path).to_pylist() == rows
+
+
+def test_a_rebuild_removes_outputs_of_an_earlier_build_it_does_not_write(small, tmp_path, capsys):
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file), "--val-fraction", "0.34") == 0
+    assert (out / "sft_val.parquet").exists()
+    (out / "notes.txt").write_text("mine")  # not an output of the build: left alone
+    capsys.readouterr()
+
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
+
+    assert not (out / "sft_val.parquet").exists()  # its users are in train now
+    assert [r["user_id"] for r in rows_of(out / "sft_train.parquet")] == ["u1", "u2", "u3"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert f"{out}: removed sft_val.parquet left by an earlier build" in capsys.readouterr().err
+
+
+def test_every_declared_output_is_rewritten_or_removed(small, tmp_path):
+    # Whatever the list of outputs holds (new ones included), no stale copy survives a build.
+    from verl_confprofile.data_prep.build_sft import OUTPUTS
+
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+    out.mkdir()
+    for name in OUTPUTS:
+        (out / name).write_bytes(b"stale")
+        (out / f"{name}.tmp").write_bytes(b"stale")
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
+    for name in OUTPUTS:
+        assert not (out / f"{name}.tmp").exists()
+        assert not (out / name).exists() or (out / name).read_bytes() != b"stale", name
+
+
+def test_teacher_and_student_prompts_are_fitted_by_one_rule(simulated, tmp_path, qwen_tokenizer, qwen_tokenizer_dir, capsys):
+    # synthesize and build-sft with the same budget: the teacher was asked exactly the prompt of
+    # every SFT row (the digest synthesize stores is of the prompt it sent), "long" truncated in both.
+    import hashlib
+
+    taxonomy, records_file, _, records = simulated
+    limit = max(prompt_tokens(qwen_tokenizer, prompt.messages(r, taxonomy)) for r in records[:12]) + 20
+    budget = ["--tokenizer", qwen_tokenizer_dir, "--max-prompt-length", str(limit)]
+    samples = tmp_path / "teacher.jsonl"
+    assert main(["synthesize", "--records", str(records_file), "--out", str(samples), "--backend", "simulated",
+                 "--seed", "3", "--num-samples", "2", *budget]) == 0
+    synthesized = capsys.readouterr().out
+    out = tmp_path / "sft"
+    assert build_sft(records_file, samples, out, *budget) == 0
+    built = capsys.readouterr().out
+
+    summary = f"prompts: at most {limit} tokens, 1 users truncated"
+    assert summary in synthesized and summary in built
+    sent = {}
+    for line in samples.read_text().splitlines():
+        s = json.loads(line)
+        sent.setdefault(s["user_id"], set()).add(s["prompt_sha256"])
+    rows = rows_of(out / "sft_train.parquet")
+    assert sorted(sent) == sorted(r["user_id"] for r in rows)  # "huge" cannot fit in either
+    for row in rows:
+        digest = hashlib.sha256(json.dumps(row["messages"][:2], ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+        assert sent[row["user_id"]] == {digest}, row["user_id"]
+
+
+def test_rows_over_max_length_are_skipped_and_verl_takes_the_rest(simulated, tmp_path, qwen_tokenizer, qwen_tokenizer_dir, capsys):
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    taxonomy, records_file, samples_file, records = simulated
+    # s00's teacher wrote a very long evidence in every block: its SFT row is the longest by far.
+    lines = samples_file.read_text().splitlines()
+    long_evidence = "<evidence>" + "a very long piece of evidence " * 200
+    samples_file.write_text("\n".join(
+        line.replace("<evidence>", long_evidence) if '"user_id": "s00"' in line else line for line in lines) + "\n")
+
+    def verl_lengths(path, max_length):
+        config = OmegaConf.create({"max_length": max_length, "truncation": "error", "messages_key": "messages"})
+        dataset = MultiTurnSFTDataset([str(path)], qwen_tokenizer, config)
+        return {r["user_id"]: int(dataset[i]["attention_mask"].sum()) for i, r in enumerate(rows_of(path))}
+
+    full = tmp_path / "full"
+    assert build_sft(records_file, samples_file, full, "--tokenizer", qwen_tokenizer_dir, "--max-length", "100000") == 0
+    lengths = verl_lengths(full / "sft_train.parquet", 100000)  # verl's own count of every row
+    assert read_report(full)["rows"]["longest_row_tokens"] == max(lengths.values()) == lengths["s00"]
+    limit = sorted(lengths.values())[-2]  # the second longest fits, s00 does not
+    capsys.readouterr()
+
+    out = tmp_path / "sft"
+    assert build_sft(records_file, samples_file, out, "--tokenizer", qwen_tokenizer_dir, "--max-length", str(limit)) == 0
+
+    report = read_report(out)
+    assert report["skipped"]["row_too_long"]["count"] == 1
+    assert f"user 's00': its SFT row has {lengths['s00']} tokens, over --max-length {limit}" in report["skipped"]["row_too_long"]["first"][0]
+    assert report["rows"] == {"max_length": limit, "tokenizer": qwen_tokenizer_dir, "too_long": 1, "longest_row_tokens": lengths["s00"]}
+    assert "row_too_long=1" in capsys.readouterr().out
+    kept = verl_lengths(out / "sft_train.parquet", limit)  # truncation: error accepts every row
+    assert set(kept) == set(lengths) - {"s00"}
+
+
+def test_max_length_needs_a_tokenizer(small, tmp_path, capsys):
+    taxonomy_file, records, samples = small
+    assert build_sft(records, samples, tmp_path / "sft", "--taxonomy", str(taxonomy_file), "--max-length", "100") == 2
+    assert "--max-length must be positive and needs --tokenizer" in capsys.readouterr().err

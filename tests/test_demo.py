@@ -3,6 +3,7 @@
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from verl_confprofile.cli import main
 
@@ -26,3 +27,31 @@ def test_demo_writes_every_artifact(tmp_path, local_ray, capsys):
     assert step["partial_groups"] == 0
     report = json.loads((out / "eval" / "report.json").read_text())
     assert set(report["thresholds"]) == {"1", "2", "3", "4", "5"}
+
+
+def test_a_demo_with_another_seed_draws_its_own_samples(tmp_path, local_ray, monkeypatch, capsys):
+    # The folder of an earlier demo (seed 0) is reused with --seed 1: every samples file must be of
+    # seed 1, not resumed from seed 0. The GRPO step has nothing to do with it and is skipped here.
+    from verl_confprofile import demo
+    from verl_confprofile.data_prep.simulated import SimulatedPopulation
+    from verl_confprofile.taxonomy import Taxonomy
+
+    monkeypatch.setattr(demo, "grpo_step", lambda *args, **kwargs: {"rollouts": 0})
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--users", "20", "--seed", "0"]) == 0
+    assert main(["demo", "--out", str(out), "--users", "20", "--seed", "1"]) == 0
+
+    seed1 = SimulatedPopulation(Taxonomy.load(None), seed=1)
+    for name in demo.SAMPLE_FILES:
+        lines = [json.loads(line) for line in (out / "data" / name).read_text().splitlines()]
+        assert lines and all(s["text"] == seed1.sample_text(s["user_id"], s["sample_idx"]) for s in lines), name
+
+
+def test_too_few_users_is_a_message_naming_the_minimum(tmp_path, capsys):
+    for users in ("0", "9"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["demo", "--out", str(tmp_path / "demo"), "--users", users])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert "the demo needs at least 10 users" in err and f"got {users}" in err
+    assert not (tmp_path / "demo").exists()

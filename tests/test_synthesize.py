@@ -10,6 +10,7 @@ requests per (user, sample), and follows a per-test script: answer, fail with a 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -72,22 +73,27 @@ class _Handler(BaseHTTPRequestHandler):
             teacher.in_flight -= 1
             teacher.finished += 1
             teacher.cond.notify_all()
-        headers = {}
+        headers, content_type = {}, "application/json"
         if isinstance(reply, tuple):
             reply, headers = reply
-        if isinstance(reply, int):
+        if isinstance(reply, bytes):  # a 200 with this body as it is
+            status, data, content_type = 200, reply, "text/html"
+        elif isinstance(reply, int):
             status, payload = reply, {"error": {"message": f"scripted {reply} for {user}", "type": "test"}}
         else:
+            fields = dict(reply or {})
+            finish_reason = fields.pop("finish_reason", "stop")
             status, payload = 200, {
                 "id": f"chatcmpl-{user}-{idx}-{attempt}", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(user, idx), **(reply or {})},
-                             "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(user, idx), **fields},
+                             "finish_reason": finish_reason}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
             }
-        data = json.dumps(payload).encode()
+        if not isinstance(reply, bytes):
+            data = json.dumps(payload).encode()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -101,8 +107,8 @@ class Teacher(ThreadingHTTPServer):
     """A scripted OpenAI-compatible /v1/chat/completions endpoint on loopback.
 
     ``script(user, idx, attempt)`` returns None (answer), a dict of extra message fields
-    (answer with them), an HTTP status (fail with it), a (status, headers) pair, or STALL (hold
-    until the test ends). ``arrivals`` has the monotonic time of every request per (user, idx).
+    (answer with them; "finish_reason" goes to the choice), an HTTP status (fail with it), a
+    (status, headers) pair, bytes (a 200 with that body), or STALL (hold until the test ends). ``arrivals`` has the monotonic time of every request per (user, idx).
     ``gate=(width, total)`` holds each request until ``width`` are in flight at once (or all
     the remaining ones are), so the concurrency a client reaches is deterministic.
     """
@@ -187,9 +193,13 @@ def test_openai_writes_every_sample_with_the_prompt_and_reasoning(tmp_path, teac
 
     samples = read_samples(out)
     assert pairs(samples) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1), ("u2", 0), ("u2", 1)]
+    sent = {re.search(r"clue-(\w+)", b["messages"][-1]["content"]).group(1): b["messages"] for b in server.bodies}
     for s in samples:
-        assert set(s) == {"user_id", "sample_idx", "model", "text"}
-        assert s["model"] == "teacher-x"
+        assert set(s) == {"user_id", "sample_idx", "model", "text", "finish_reason", "sampling", "prompt_sha256"}
+        assert s["model"] == "teacher-x" and s["finish_reason"] == "stop"
+        assert s["sampling"] == {"backend": "openai", "seed": SEED, "temperature": 0.7, "max_tokens": 512}
+        digest = hashlib.sha256(json.dumps(sent[s["user_id"]], ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+        assert s["prompt_sha256"] == digest  # the prompt exactly as sent
     texts = {(s["user_id"], s["sample_idx"]): s["text"] for s in samples}
     assert texts["u0", 1] == ("<think>thinking about u0</think>\n<gender><evidence>sample 1 of u0</evidence>"
                               "<tag>Female</tag><score>4</score></gender>")
@@ -418,20 +428,42 @@ def test_concurrency_bound_is_respected(tmp_path, teacher):
 
 
 def test_partial_last_line_is_cut_off_and_reported(tmp_path, teacher, capsys):
-    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
     out = tmp_path / "samples.jsonl"
-    done = [{"user_id": "u0", "sample_idx": i, "model": MODEL, "text": answer("u0", i)} for i in (0, 1)]
+    assert synthesize(write_records(tmp_path / "first.jsonl", ["u0"]), out, teacher()) == 0
+    done = read_samples(out)
     partial = '{"user_id": "u1", "sample_idx": 0, "model": "teach'  # 50 bytes, no newline: an interrupted write
-    out.write_text("".join(json.dumps(s) + "\n" for s in done) + partial)
+    with open(out, "a") as fh:
+        fh.write(partial)
+    capsys.readouterr()
 
     server = teacher()
-    assert synthesize(records, out, server) == 0
+    assert synthesize(write_records(tmp_path / "records.jsonl", ["u0", "u1"]), out, server) == 0
 
     assert "removed an incomplete last line (50 bytes)" in capsys.readouterr().out
     samples = read_samples(out)  # every line parses
     assert samples[:2] == done
     assert pairs(samples) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1)]
     assert server.attempts == {("u1", 0): 1, ("u1", 1): 1}
+
+
+def test_a_complete_last_line_without_newline_is_kept(tmp_path, teacher, capsys):
+    # Only what does not parse is an interrupted write: a whole sample missing its newline is kept
+    # (not paid for twice) and its line ended before the next sample is appended.
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+    assert synthesize(records, out, teacher(), num_samples=1) == 0
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))
+    before = read_samples(out)
+    capsys.readouterr()
+
+    server = teacher()
+    assert synthesize(records, out, server) == 0
+
+    assert "removed" not in capsys.readouterr().out
+    assert server.attempts == {("u0", 1): 1, ("u1", 1): 1}
+    samples = read_samples(out)  # every line parses: the newline was added
+    assert samples[:2] == before
+    assert pairs(samples) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1)]
 
 
 def test_an_output_file_of_another_model_is_refused(tmp_path, teacher, capsys):
@@ -560,13 +592,170 @@ def test_vllm_backend_batches_users_draws_n_per_prompt_and_resumes(tmp_path, mon
     # (run to the end of the context) and without --temperature its own default.
     lost = {("u0", 1), ("u3", 0), ("u3", 2)}
     out.write_text("".join(json.dumps(s) + "\n" for s in samples if (s["user_id"], s["sample_idx"]) not in lost))
-    assert run() == 0
+    same = ("--max-tokens", "256", "--temperature", "0.6")
+    assert run(*same) == 0
     assert vllm.log == [("engine", "ckpt", {}),
-                        ("chat", [("u0", 1, SEED + 1, None, 1.0), ("u3", 1, SEED, None, 1.0), ("u3", 1, SEED + 2, None, 1.0)])]
+                        ("chat", [("u0", 1, SEED + 1, 256, 0.6), ("u3", 1, SEED, 256, 0.6), ("u3", 1, SEED + 2, 256, 0.6)])]
     redrawn = {(s["user_id"], s["sample_idx"]): s["text"] for s in read_samples(out)}
     assert redrawn == {(u, i): answer(u, i) for u in users for i in range(3)}  # the same texts as the first draw
 
     # Nothing missing: no engine is made at all.
-    assert run() == 0
+    assert run(*same) == 0
     assert vllm.log == []
     assert "15 already in" in capsys.readouterr().out
+
+    # Other sampling options on the same file are refused before any engine is made; in a new file,
+    # without --max-tokens vLLM gets None (run to the end of the context) and its own temperature.
+    assert run() == 2
+    assert f"{out}:1: drawn with max_tokens 256, this run asks for None" in capsys.readouterr().err
+    assert vllm.log == []
+    out = tmp_path / "other.jsonl"
+    assert run() == 0
+    assert vllm.log[1] == ("chat", [("u0", 3, SEED, None, 1.0), ("u1", 3, SEED, None, 1.0)])
+
+
+# ---------------------------------------------------------------- what a resumed run must match
+
+
+def simulated_run(records, out, *extra):
+    return main(["synthesize", "--records", str(records), "--out", str(out), "--backend", "simulated", "--num-samples", "2", *extra])
+
+
+def test_simulated_samples_of_another_seed_are_not_resumed(tmp_path, capsys):
+    population = SimulatedPopulation(Taxonomy.load(None), seed=0)
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(population.record(f"s{k}")) + "\n" for k in range(3)))
+    out = tmp_path / "samples.jsonl"
+    assert simulated_run(records, out) == 0
+    before = out.read_bytes()
+
+    assert simulated_run(records, out, "--seed", "1") == 2
+
+    assert f"{out}:1: drawn with seed 0, this run asks for 1" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert simulated_run(records, out, "--seed", "0") == 0  # the same options resume (nothing to draw)
+    assert out.read_bytes() == before
+
+
+def test_samples_of_another_prompt_are_not_resumed(tmp_path, teacher, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+    assert synthesize(records, out, teacher(), num_samples=1) == 0
+    taxonomy = tmp_path / "pets.yaml"
+    taxonomy.write_text("na_label: NA\ndimensions:\n  pet:\n    name: Pet\n    labels: [Cat, Dog, NA]\n")
+
+    server = teacher()
+    assert synthesize(records, out, server, "--taxonomy", str(taxonomy)) == 2
+    assert f"{out}:1: user 'u0' was sampled with another prompt" in capsys.readouterr().err
+    assert not server.attempts
+
+    # An edited record changes that user's prompt too.
+    write_records(tmp_path / "records.jsonl", ["u0", "u1"], ['{"user_id": "u2", "behaviors": {"watched": ["clue-u2"]}}'])
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    (tmp_path / "records.jsonl").write_text("\n".join([lines[0], lines[1].replace("cooking at home", "gardening")]) + "\n")
+    assert synthesize(records, out, server) == 2
+    assert f"{out}:2: user 'u1' was sampled with another prompt" in capsys.readouterr().err
+
+
+def test_a_file_without_sampling_settings_is_refused(tmp_path, teacher, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    out = tmp_path / "samples.jsonl"
+    out.write_text(json.dumps({"user_id": "u0", "sample_idx": 0, "model": MODEL, "text": answer("u0", 0)}) + "\n")
+    server = teacher()
+    assert synthesize(records, out, server) == 2
+    assert f"{out}:1: a sample without the record of how it was drawn" in capsys.readouterr().err
+    assert not server.attempts
+
+
+# ---------------------------------------------------------------- empty, truncated and bad completions
+
+
+def test_truncated_samples_are_kept_marked_and_counted_and_empty_ones_retried(tmp_path, teacher, capsys):
+    def script(user, idx, attempt):
+        if user == "u0" and idx == 1:
+            return {"content": "<gender><evidence>cut", "finish_reason": "length"}
+        if user == "u1" and idx == 0:
+            return {"content": None, "finish_reason": "length"}  # nothing at all
+        if user == "u1" and idx == 1:
+            return {"content": ""}
+        return None
+
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+    first = teacher(script)
+    assert synthesize(records, out, first) == 2
+
+    captured = capsys.readouterr()
+    samples = {(s["user_id"], s["sample_idx"]): s for s in read_samples(out)}
+    assert set(samples) == {("u0", 0), ("u0", 1)}  # the empty ones are not written
+    assert samples["u0", 1]["finish_reason"] == "length" and samples["u0", 0]["finish_reason"] == "stop"
+    assert "cut at the token limit (finish_reason length, kept): 1" in captured.out
+    assert "1 x empty completion (finish_reason length)" in captured.err
+    assert "1 x empty completion (finish_reason stop)" in captured.err
+
+    second = teacher()  # the re-run draws exactly the empty ones again
+    assert synthesize(records, out, second) == 0
+    assert second.attempts == {("u1", 0): 1, ("u1", 1): 1}
+
+
+BAD_BODIES = {
+    "u1": b"<html><body>502 Bad Gateway</body></html>",
+    "u2": b'{"id": "x", "choices": [{"message": {"content": "cut',
+    "u3": b"[1, 2, 3]",
+    "u4": b'{"id": "x", "choices": [{"index": 0, "finish_reason": "stop"}]}',
+}
+
+
+def test_bad_200_responses_are_retried_and_then_fail_one_sample_naming_the_endpoint(tmp_path, teacher, capsys):
+    # u1..u4 get a bad body once, then an answer; u5 gets an HTML page every time.
+    def script(user, idx, attempt):
+        if user == "u5":
+            return BAD_BODIES["u1"]
+        return BAD_BODIES[user] if user in BAD_BODIES and attempt == 1 else None
+
+    users = ["u0", "u1", "u2", "u3", "u4", "u5"]
+    records = write_records(tmp_path / "records.jsonl", users)
+    out = tmp_path / "samples.jsonl"
+    server = teacher(script)
+
+    assert synthesize(records, out, server, "--concurrency", "1", "--max-retries", "2", num_samples=1) == 2
+
+    assert pairs(read_samples(out)) == [(u, 0) for u in users[:5]]
+    assert all(server.attempts[u, 0] == 2 for u in ("u1", "u2", "u3", "u4")) and server.attempts["u5", 0] == 3
+    err = capsys.readouterr().err
+    assert "1 of 6 samples failed" in err
+    assert f"invalid response from {server.base_url}/: the body is not JSON (it starts '<html><body>502" in err
+    assert "gave up after 3 attempts" in err
+
+
+@pytest.mark.parametrize("user, reason", [
+    ("u1", "the body is not JSON"), ("u2", "the body is not JSON"), ("u3", "the body is a JSON list"),
+    ("u4", "choices[0] has no message object"),
+])
+def test_each_bad_body_has_its_reason(tmp_path, teacher, capsys, user, reason):
+    server = teacher(lambda u, idx, attempt: BAD_BODIES[user] if u == user else None)
+    records = write_records(tmp_path / "records.jsonl", ["u0", user])
+    assert synthesize(records, tmp_path / "s.jsonl", server, "--concurrency", "1", "--max-retries", "0", num_samples=1) == 2
+    assert f"invalid response from {server.base_url}/: {reason}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- an endpoint that goes silent
+
+
+def test_an_endpoint_that_goes_silent_stops_the_run_with_progress_lines(tmp_path, teacher, capsys):
+    # Two answers, then every request hangs. Without the stall limit each sample would be retried
+    # for its whole backoff; with it the run stops once nothing valid came for 1.5 s.
+    server = teacher(lambda user, idx, attempt: None if sum(server.attempts.values()) <= 2 else STALL)
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2"])
+    out = tmp_path / "samples.jsonl"
+
+    assert synthesize(records, out, server, "--concurrency", "1", "--timeout", "0.3", "--max-retries", "1000",
+                      "--stall-timeout", "1.5", "--progress-every", "0.2") == 2
+
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1)]
+    err = capsys.readouterr().err
+    assert f"no valid completion from {server.base_url}/ for" in err and "(--stall-timeout 1.5)" in err
+    assert "APITimeoutError" in err  # the last error is named
+    # stderr is not a terminal here: no progress bar, progress lines instead, also while nothing arrives
+    progress = [line for line in err.splitlines() if line.startswith("synthesize: 2/6 samples")]
+    assert len(progress) >= 3

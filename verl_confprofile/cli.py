@@ -16,6 +16,7 @@ from typing import Sequence
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
 from .jsonl import STRICT_HELP, InputError, SkipLog, write_line
+from .output_guard import check_args, declare
 from .taxonomy import TaxonomyError, Taxonomy
 from .voting import VOTING_METHODS
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     vote.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
     vote.add_argument("--strict", action="store_true", help=STRICT_HELP)
     vote.set_defaults(func=_vote)
+    declare(vote, inputs=("samples", "calibration", "taxonomy"), folder=False)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return parser
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         args.func(args)
     except (InputError, TaxonomyError, ValueError, OSError) as exc:
         print(f"confprofile {args.command}: error: {exc}", file=sys.stderr)

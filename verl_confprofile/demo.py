@@ -16,17 +16,38 @@ from pathlib import Path
 
 from .jsonl import write_line
 from .metrics import average_scores, profile_scores
+from .output_guard import declare
 from .taxonomy import Taxonomy
 
 STAGES = 7
+# The RL pool is half the users, and the m-shape filter needs a user at each of the 5 difficulty levels.
+MIN_USERS = 10
+SAMPLE_FILES = ("teacher_samples.jsonl", "student_samples.jsonl", "eval_samples.jsonl")
+
+
+class DemoError(ValueError):
+    """A stage of the demo failed; its own error message is already printed."""
+
+
+def _users(text: str) -> int:
+    """--users: an integer of at least MIN_USERS."""
+    value = int(text)
+    if value < MIN_USERS:
+        raise argparse.ArgumentTypeError(
+            f"the demo needs at least {MIN_USERS} users (its RL pool is half of them, and the m-shape filter "
+            f"needs a user at each of the 5 difficulty levels), got {text}"
+        )
+    return value
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the whole pipeline on a simulated population (CPU, no network)")
     p.add_argument("--out", default="out/demo", help="folder for every artifact (default: out/demo)")
-    p.add_argument("--users", type=int, default=400, help="simulated users in the SFT pool (RL and eval pools: half)")
+    p.add_argument("--users", type=_users, default=400,
+                   help=f"simulated users in the SFT pool (RL and eval pools: half; at least {MIN_USERS})")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
+    declare(p, inputs=(), folder=True)
 
 
 def _say(stage: int, text: str) -> None:
@@ -39,7 +60,7 @@ def _command(argv: list[str]) -> None:
 
     print("    $ confprofile " + " ".join(argv), flush=True)
     if main(argv) != 0:
-        raise RuntimeError(f"confprofile {argv[0]} failed")
+        raise DemoError(f"stage `confprofile {argv[0]}` failed (its error is above)")
 
 
 def _write_records(path: Path, population, users: list[str], labels: bool) -> None:
@@ -122,6 +143,10 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
+    # A demo draws its samples afresh: the files of an earlier demo (another --seed or --users)
+    # are not something to resume from, and synthesize would refuse them.
+    for name in SAMPLE_FILES:
+        (data / name).unlink(missing_ok=True)
     taxonomy = Taxonomy.load()
     population = SimulatedPopulation(taxonomy, seed=args.seed)
     seed = str(args.seed)

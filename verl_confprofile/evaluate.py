@@ -42,6 +42,7 @@ from .calibration import Calibrator
 from .data_prep.records import read_records
 from .jsonl import STRICT_HELP, InputError, SkipLog, write_json
 from .metrics import DEFINITIONS, PRF, THRESHOLDS, threshold_sweep
+from .output_guard import declare
 from .taxonomy import Taxonomy
 from .voting import VOTING_METHODS
 
@@ -468,3 +469,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--taxonomy", metavar="FILE", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.set_defaults(func=run)
+    declare(p, inputs=("records", "samples", "calibration", "taxonomy"), folder=True)
