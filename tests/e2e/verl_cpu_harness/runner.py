@@ -85,7 +85,7 @@ SFT_TEST_OVERRIDES = (
     "data.train_batch_size=2",
     "data.micro_batch_size_per_gpu=2",
     "data.max_length=768",
-    "optim.lr=2e-2",
+    "optim.lr=1e-2",
     "trainer.total_epochs=1",
     f"trainer.seed={SEED}",
 )
