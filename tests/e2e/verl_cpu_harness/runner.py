@@ -30,8 +30,12 @@ HARNESS_DIR = Path(__file__).resolve().parent
 REPO = HARNESS_DIR.parents[2]
 CONFIGS = REPO / "configs"
 
-# The overrides that make configs/confprofile_grpo.yaml run on this harness (see the issue
-# "Both training stages in verl's real trainers, on CPU" for why each is needed).
+# What makes configs/confprofile_grpo.yaml run on this harness: the cpu device; one logical GPU
+# for verl's Ray placement (its workers ask for a GPU bundle); the hf rollout backend with one
+# replica and one agent-loop worker (the batch must divide by the workers); full weights at
+# start (no dummy load); padded batches and eager attention (no flash-attn on a CPU); FSDP2
+# (FSDP1 wants parameters on an accelerator); one TransferQueue storage unit (each takes a Ray
+# CPU, 8 by default).
 CPU_GRPO_OVERRIDES = (
     "trainer.device=cpu",
     "trainer.n_gpus_per_node=1",
@@ -43,10 +47,12 @@ CPU_GRPO_OVERRIDES = (
     "actor_rollout_ref.rollout.load_format=auto",
     "actor_rollout_ref.model.use_remove_padding=false",
     "+actor_rollout_ref.model.override_config.attn_implementation=eager",
+    "actor_rollout_ref.model.enable_gradient_checkpointing=false",
     "actor_rollout_ref.actor.strategy=fsdp2",
     "actor_rollout_ref.ref.strategy=fsdp2",
     "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
 )
+# The same for configs/confprofile_sft.yaml, with the dataset read in the trainer's process.
 CPU_SFT_OVERRIDES = (
     "trainer.device=cpu",
     "trainer.n_gpus_per_node=1",
@@ -54,16 +60,17 @@ CPU_SFT_OVERRIDES = (
     "engine.strategy=fsdp2",
     "model.use_remove_padding=false",
     "+model.override_config.attn_implementation=eager",
+    "model.enable_gradient_checkpointing=false",
     "data.num_workers=0",
 )
-
-
+# Ray's logical CPUs: verl's placement groups ask for 3 per GPU bundle, TransferQueue's
+# controller and storage unit for one each, the reward workers for one each.
 LOGICAL_CPUS = 16
 SEED = 0
 
-# Sizes for a CPU: 2 prompts x 4 rollouts a step, short responses, the rest as in the project's configs.
-# The KL loss is off because verl's FSDP2 reference model pins host memory, which needs an
-# accelerator; everything else is configs/confprofile_grpo.yaml.
+# Sizes for the tests: 2 prompts x 4 rollouts a step, 2 steps, short responses, validation
+# before training and after the last step. The KL loss is off because verl's FSDP2 reference
+# model pins host memory, which needs an accelerator; the rest is configs/confprofile_grpo.yaml.
 GRPO_TEST_OVERRIDES = (
     "data.train_batch_size=2",
     "actor_rollout_ref.rollout.n=4",
@@ -89,8 +96,6 @@ SFT_TEST_OVERRIDES = (
     "trainer.total_epochs=1",
     f"trainer.seed={SEED}",
 )
-
-
 
 
 class TrainerFailed(RuntimeError):
@@ -276,8 +281,6 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
     cmd = [
         sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIGS}", "--config-name=confprofile_grpo",
         *CPU_GRPO_OVERRIDES,
-        # Logical CPUs: verl's placement groups ask for 3 per GPU bundle, TransferQueue's
-        # controller and storage unit for one each, the reward workers for one each.
         f"+ray_kwargs.ray_init.num_cpus={LOGICAL_CPUS}",
         f"+ray_kwargs.ray_init._temp_dir={ray_tmp}",
         "+ray_kwargs.ray_init.include_dashboard=false",
