@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .hf_rollout import EVENTS_ENV
+
 HARNESS_DIR = Path(__file__).resolve().parent
 REPO = HARNESS_DIR.parents[2]
 CONFIGS = REPO / "configs"
@@ -94,6 +96,7 @@ SFT_TEST_OVERRIDES = (
     "data.max_length=768",
     "optim.lr=1e-2",
     "trainer.total_epochs=1",
+    "trainer.total_training_steps=16",
     f"trainer.seed={SEED}",
 )
 
@@ -246,7 +249,20 @@ class GRPORun:
     validation: list[dict[str, Any]]  # per validation pass: the val-core/val-aux metrics (with its step)
     rollout_dir: Path  # trainer.rollout_data_dir: <step>.jsonl per training step
     validation_dir: Path  # trainer.validation_data_dir: <step>.jsonl per validation pass
+    server_events: list[dict[str, Any]]  # the hf rollout server's weight loads and generated batches
     log: str = field(repr=False)
+
+    def rollouts(self, step: int) -> list[dict[str, Any]]:
+        """The training rollouts verl dumped at ``step`` (one dict per rollout)."""
+        return read_jsonl(self.rollout_dir / f"{step}.jsonl")
+
+    def validation_rollouts(self, step: int) -> list[dict[str, Any]]:
+        """The validation generations verl dumped for the validation pass at ``step``."""
+        return read_jsonl(self.validation_dir / f"{step}.jsonl")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def read_metrics(path: Path, training_prefix: str = "critic/") -> tuple[list[dict], list[dict]]:
@@ -278,6 +294,7 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
     work.mkdir(parents=True, exist_ok=True)
     ray_tmp = Path("/tmp") / f"ray_e2e_{os.getpid()}_{time.monotonic_ns() % 10**9}"
     rollout_dir, validation_dir = work / "rollouts", work / "validation"
+    events = work / "rollout_server.jsonl"
     cmd = [
         sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIGS}", "--config-name=confprofile_grpo",
         *CPU_GRPO_OVERRIDES,
@@ -295,8 +312,10 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
         *overrides,
     ]
     try:
-        log = _run(cmd, work, cpu_env(work), timeout)
+        log = _run(cmd, work, cpu_env(work, {EVENTS_ENV: str(events)}), timeout)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     steps, validation = read_metrics(work / "metrics.jsonl")
-    return GRPORun(steps=steps, validation=validation, rollout_dir=rollout_dir, validation_dir=validation_dir, log=log)
+    server_events = read_jsonl(events) if events.exists() else []
+    return GRPORun(steps=steps, validation=validation, rollout_dir=rollout_dir, validation_dir=validation_dir,
+                   server_events=server_events, log=log)
