@@ -13,7 +13,7 @@ OUT ?= out
 TORCH ?= torch==2.13.0+cpu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: demo test bench
+.PHONY: demo test e2e bench
 
 # The C extension is compiled by the install: a change to its source reinstalls.
 $(STAMP): setup.py verl_confprofile/_speedups.c
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Only the end-to-end tests: verl's SFT and GRPO trainers on CPU (tests/e2e, a few minutes).
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e
 
 bench: $(STAMP)
 	for script in benchmarks/[!_]*.py; do $(BIN)/python $$script || exit 1; done

@@ -174,7 +174,7 @@ def build_sft(
         report = {
             "command": "build-sft",
             "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
-            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine},
+            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict},
             "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
             "skipped": prep.skips.to_dict(),
             "prompts": prompt_report(prep, budget),
