@@ -13,6 +13,7 @@ unweighted reward) and is flagged ``ref_missing`` so callers can count it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping, NamedTuple, Sequence
 
@@ -41,8 +42,8 @@ class RewardSpec:
                 raise ValueError(f"confprofile.{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
         for name in ("format_penalty", "weight_min", "weight_max"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"confprofile.{name}={value!r}: expected a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"confprofile.{name}={value!r}: expected a finite number")
         if self.weight_min > self.weight_max:
             raise ValueError(f"confprofile.weight_min={self.weight_min} exceeds weight_max={self.weight_max}")
 
