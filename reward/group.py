@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
+import types
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, NamedTuple
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class GroupReward:
     reward: Callable[[Any, Group, Rollout], float | tuple[float, Mapping[str, float]]]
     needs_group: Callable[[Rollout], bool] | None = None
     group_timeout_s: float = 300.0
-    extra_keys: tuple[str, ...] = field(default=())
+    extra_keys: tuple[str, ...] = ()
 
 
 def is_validation(extra_info: Any) -> bool:
@@ -164,6 +165,30 @@ def describe(group_reward: GroupReward | Callable[[dict | None], GroupReward], b
         raise TypeError(f"{name}: group_reward returned {type(described).__name__}, expected a GroupReward")
     positive_seconds(described.group_timeout_s, f"{name}.group_timeout_s")
     return described
+
+
+class DescribedReward:
+    """What both adapters are subclassed with: a ``name`` (the options block, the board's name;
+    the class name when empty) and a ``group_reward`` (a ``GroupReward``, or a function from the
+    options block to one; a plain function needs no ``staticmethod``)."""
+
+    name: str = ""
+    group_reward: GroupReward | Callable[[Any], GroupReward]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        described = cls.__dict__.get("group_reward")
+        if isinstance(described, types.FunctionType):  # would otherwise be bound as a method
+            cls.group_reward = staticmethod(described)
+
+    @classmethod
+    def reward_name(cls) -> str:
+        return cls.name or cls.__name__
+
+    @classmethod
+    def described(cls, block: Any) -> GroupReward:
+        """The GroupReward for an options block; bad options raise."""
+        return describe(cls.group_reward, block, cls.reward_name())
 
 
 class NoContribution:

@@ -10,36 +10,25 @@ so no group is partial.
 
 from __future__ import annotations
 
-import types
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from verl import DataProto
 from verl.workers.reward_manager.abstract import AbstractRewardManager
 
-from .group import Group, GroupReward, Rollout, SafeGroupReward, describe, group_key
+from .group import DescribedReward, Group, Rollout, SafeGroupReward, group_key
 
 
-class GroupBatchRewardManager(AbstractRewardManager):
+class GroupBatchRewardManager(DescribedReward, AbstractRewardManager):
     """A batch-level manager for a ``GroupReward``: subclass with ``name`` and ``group_reward``
-    (as ``reward.group_loop.GroupRewardManager``)."""
-
-    name: str = ""
-    group_reward: GroupReward | Callable[[Any], GroupReward]
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        described = cls.__dict__.get("group_reward")
-        if isinstance(described, types.FunctionType):
-            cls.group_reward = staticmethod(described)
+    (as ``reward.group_loop.GroupRewardManager``); options are keyword arguments."""
 
     def __init__(self, tokenizer, num_examine: int = 0, compute_score=None, reward_fn_key: str = "data_source", **options: Any):
         self.tokenizer = tokenizer
         self.num_examine = num_examine
-        name = self.name or type(self).__name__
-        self.safe = SafeGroupReward(describe(self.group_reward, options, name), name)
+        self.safe = SafeGroupReward(self.described(options), self.reward_name())
 
     def __call__(self, data: DataProto, return_dict: bool = False) -> torch.Tensor | dict[str, Any]:
         prompt_len = data.batch["prompts"].shape[-1]

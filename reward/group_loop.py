@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import time
-import types
 import uuid
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from .group import Group, GroupReward, Rollout, SafeGroupReward, describe, group_key
+from .group import DescribedReward, Group, Rollout, SafeGroupReward, group_key
 from .vote_board import VoteBoard
 
 logger = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ BOARD_CONCURRENCY = 1_000_000
 STUCK_AFTER_S = 2.0  # a saturated worker with no group resolved for this long is relieved
 
 
-def streaming_overflow(config, capacity: int = ACTOR_CONCURRENCY, who: str = "confprofile") -> str | None:
+def streaming_overflow(config, capacity: int = ACTOR_CONCURRENCY, who: str = "group reward") -> str | None:
     """Why this config could put more waiting calls on one reward worker than Ray runs at once.
 
     Rollouts are streamed to reward workers chosen at random, so a worker's share of the
@@ -141,28 +140,19 @@ def board_client(name: str, options: Any, combine: Callable[[list], Any]) -> Boa
     return _CLIENTS[key]
 
 
-class GroupRewardManager(RewardManagerBase):
+class GroupRewardManager(DescribedReward, RewardManagerBase):
     """A verl reward-loop manager for a ``GroupReward``: subclass with ``name`` and ``group_reward``.
 
     ``group_reward`` is a ``GroupReward`` (its only option is ``<name>.group_timeout_s``) or a
-    function from the ``<name>:`` config block (None when absent) to one, which validates the
-    options and refuses bad ones with an error naming them.
+    function from the top-level ``<name>:`` config block (None when absent) to one, which
+    validates the options and refuses bad ones with an error naming them.
     """
-
-    name: str = ""
-    group_reward: GroupReward | Callable[[Any], GroupReward]
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        described = cls.__dict__.get("group_reward")
-        if isinstance(described, types.FunctionType):  # a plain function, not a method of the class
-            cls.group_reward = staticmethod(described)
 
     def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None):
         super().__init__(config, tokenizer, compute_score)
-        name = self.name or type(self).__name__
+        name = self.reward_name()
         block = config.get(name)
-        self.spec = describe(self.group_reward, block, name)
+        self.spec = self.described(block)
         problem = streaming_overflow(config, who=name)
         if problem:
             raise ValueError(problem)

@@ -119,12 +119,20 @@ def score_both_rewards(*rollouts):
             keys = set(info)
 
 
+def check_row_readers(rollout):
+    """The mechanism's own readers of a row: the split, the group key, the ground truth."""
+    assert isinstance(rollout.validation, bool)
+    key = group_key(rollout.row.get("uid"))
+    assert key is None or isinstance(key, str)
+    rollout.ground_truth  # noqa: B018  (must not raise)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(row_fields, responses), min_size=1, max_size=4))
 def test_fuzz_rewards_never_raise_on_any_row_or_response(group):
     rollouts = [Rollout(row, text) for row, text in group]
     for rollout in rollouts:
-        rollout.validation, rollout.ground_truth, group_key(rollout.row.get("uid"))
+        check_row_readers(rollout)
     score_both_rewards(*rollouts)
 
 
@@ -140,7 +148,7 @@ def test_fuzz_rewards_never_raise_on_any_row_or_response(group):
 )
 def test_deep_row_data_never_raises(row):
     rollout = Rollout(row, r"<gender><tag>Male</tag><score>4</score></gender> \boxed{3}")
-    rollout.validation, group_key(rollout.row.get("uid"))
+    check_row_readers(rollout)
     score_both_rewards(rollout, rollout)
 
 
