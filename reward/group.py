@@ -140,17 +140,11 @@ def option_block(block: Any, defaults: Mapping[str, Any], name: str) -> dict[str
     return {**defaults, **{k: v for k, v in given.items() if v is not None}}
 
 
-def finite_number(value: Any, option: str) -> float:
-    """``value`` as a float, refusing what is not a number, NaN and infinity (naming ``option``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{option}={value!r}: expected a finite number")
-    return float(value)
-
-
 def positive_seconds(value: Any, option: str) -> float:
     """A positive, finite number of seconds (an infinite timeout would hold a group forever)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{option}={value!r}: expected a positive, finite number of seconds")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or value <= 0 or (isinstance(value, float) and not math.isfinite(value)) or value > 1e9:
+        raise ValueError(f"{option}={value!r}: expected a positive, finite number of seconds (at most 1e9)")
     return float(value)
 
 

@@ -63,6 +63,8 @@ def test_reward_model_of_any_type_is_no_ground_truth(reward_model):
         ({"format_penalty": float("nan")}, "confprofile.format_penalty=nan"),
         ({"weight_min": float("nan")}, "confprofile.weight_min=nan"),
         ({"weight_max": float("inf")}, "confprofile.weight_max=inf"),
+        ({"format_penalty": 10**400}, "confprofile.format_penalty=1000"),  # beyond float: the reward overflowed
+        ({"group_timeout_s": 10**400}, "confprofile.group_timeout_s=1000"),
     ],
 )
 def test_nan_and_infinite_options_are_refused(block, message):
