@@ -104,3 +104,22 @@ def test_a_fixed_group_reward_takes_only_a_timeout(block, message):
     with pytest.raises(ValueError) as err:
         describe(FRAGILE, block, "fragile")
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("module", ["group", "group_loop", "group_batch", "majority_vote"])
+def test_managers_are_registered_whichever_module_is_imported_first(module):
+    # Importing an adapter module before verl once made verl load this package's plugin while
+    # that module was half imported: the plugin failed (verl logs it at debug level only) and
+    # reward.reward_manager.name=confprofile was unknown in that process.
+    import subprocess
+    import sys
+
+    code = (
+        f"import verl_confprofile.reward.{module}\n"
+        "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls as loop\n"
+        "from verl.workers.reward_manager import get_reward_manager_cls as batch\n"
+        "print([f(n).__name__ for f in (loop, batch) for n in ('confprofile', 'majority_vote')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ConfProfileRewardManager" in out.stdout and "MajorityVoteBatchRewardManager" in out.stdout
