@@ -161,7 +161,7 @@ class GroupRewardManager(DescribedReward, RewardManagerBase):
         self.group_size = {False: int(rollout.n), True: int(OmegaConf.select(rollout, "val_kwargs.n", default=1))}
         self._board = (name, OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else block)
         self._open = 0
-        self._resolved = 0
+        self._progress = 0  # rollouts contributed or finished: a worker that moves is not stuck
         self._watchdog: asyncio.Task | None = None
 
     async def run_single(self, data: DataProto) -> dict:
@@ -173,11 +173,12 @@ class GroupRewardManager(DescribedReward, RewardManagerBase):
             score, info = self.safe.fallback()
         finally:
             self._open -= 1
-            self._resolved += 1
+            self._progress += 1
         return {"reward_score": score, "reward_extra_info": info}
 
     async def _score(self, item) -> tuple[float, dict]:
         rollout, own = await self.loop.run_in_executor(None, self._contribute, item)
+        self._progress += 1
         expected = self.group_size[rollout.validation]
         if not self.safe.needs_group(rollout):
             return self.safe.score(own, Group(None, 0, expected, False), rollout)
@@ -217,16 +218,20 @@ class GroupRewardManager(DescribedReward, RewardManagerBase):
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        """Relieve the board when every call slot of this worker waits and nothing resolves.
+        """Relieve the board when every call slot of this worker waits and nothing moves.
 
         Calls beyond the slots are queued by Ray and cannot post their members, so the groups
         waiting here could only finish by timeout; instead the fullest of them are combined now.
+        Streamed rollouts are one Ray call each, so a starved worker holds exactly as many as
+        there are slots; a chunk of the batch is one call holding any number of rollouts that
+        are all posted in time (more than the slots, or fewer: never starved). A worker still
+        computing contributions is not stuck either.
         """
-        stuck_since, seen = None, self._resolved
+        stuck_since, seen = None, self._progress
         while self._open:
             await asyncio.sleep(STUCK_AFTER_S / 8)
             now = time.monotonic()
-            if self._open >= ACTOR_CONCURRENCY and self._resolved == seen:
+            if self._open == ACTOR_CONCURRENCY and self._progress == seen:
                 stuck_since = stuck_since or now
                 if now - stuck_since >= STUCK_AFTER_S:
                     freed = await self._client().relieve(ACTOR_CONCURRENCY // 4)
@@ -240,4 +245,4 @@ class GroupRewardManager(DescribedReward, RewardManagerBase):
                     stuck_since = None
             else:
                 stuck_since = None
-            seen = self._resolved
+            seen = self._progress

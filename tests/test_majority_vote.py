@@ -87,6 +87,14 @@ def overrides(tokenizer_dir, workers=2, timeout="3"):
     ]
 
 
+# First in the module: the reward workers' names are taken while the module's loop is open.
+def test_infinite_timeout_is_refused_at_start(qwen_tokenizer_dir):
+    config = compose_ppo_config(overrides(qwen_tokenizer_dir, workers=1, timeout="inf"))
+    with pytest.raises(ray.exceptions.RayActorError) as err:
+        LocalRewardLoop(config)
+    assert "majority_vote.group_timeout_s=inf" in str(err.value)
+
+
 @pytest.fixture(scope="module")
 def loop(qwen_tokenizer_dir):
     with LocalRewardLoop(compose_ppo_config(overrides(qwen_tokenizer_dir))) as loop:
@@ -159,10 +167,3 @@ def test_bad_options_are_refused(qwen_tokenizer, options, message):
     with pytest.raises(ValueError) as err:
         MajorityVoteBatchRewardManager(qwen_tokenizer, **options)
     assert message in str(err.value)
-
-
-def test_infinite_timeout_is_refused_at_start(qwen_tokenizer_dir):
-    config = compose_ppo_config(overrides(qwen_tokenizer_dir, workers=1, timeout="inf"))
-    with pytest.raises(ray.exceptions.RayActorError) as err:
-        LocalRewardLoop(config)
-    assert "majority_vote.group_timeout_s=inf" in str(err.value)
