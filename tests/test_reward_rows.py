@@ -87,7 +87,9 @@ row_fields = st.fixed_dictionaries(
     optional={
         "reward_model": values | st.fixed_dictionaries({}, optional={"ground_truth": values, "style": values}),
         "extra_info": values
-        | st.fixed_dictionaries({}, optional={"split": values, "ref_confidence": values | st.dictionaries(st.sampled_from(["gender", "age"]), values)}),
+        | st.fixed_dictionaries(
+            {}, optional={"split": values, "ref_confidence": values | st.dictionaries(st.sampled_from(["gender", "age"]), values)}
+        ),
         "uid": values,
         "data_source": values,
     },
@@ -102,7 +104,11 @@ responses = st.one_of(
         ]
     ),
 )
-REWARDS = {"confprofile": confprofile_reward(None), "when_present": confprofile_reward({"use_labels": "when_present"}), "majority_vote": MAJORITY_VOTE}
+REWARDS = {
+    "confprofile": confprofile_reward(None),
+    "when_present": confprofile_reward({"use_labels": "when_present"}),
+    "majority_vote": MAJORITY_VOTE,
+}
 
 
 def score_both_rewards(*rollouts):
@@ -143,7 +149,10 @@ def test_fuzz_rewards_never_raise_on_any_row_or_response(group):
     [
         {"reward_model": {"ground_truth": nested(DEEP)}, "extra_info": nested(DEEP), "uid": nested(DEEP)},
         {"reward_model": {"ground_truth": "[" * DEEP + "]" * DEEP}, "extra_info": {"split": nested(DEEP)}},
-        {"reward_model": {"ground_truth": json.dumps({"gender": nested(500)})}, "extra_info": {"ref_confidence": {"gender": nested(DEEP)}}},
+        {
+            "reward_model": {"ground_truth": json.dumps({"gender": nested(500)})},
+            "extra_info": {"ref_confidence": {"gender": nested(DEEP)}},
+        },
         {"reward_model": {"ground_truth": b"\xff\xfe"}, "extra_info": {"ref_confidence": {"gender": 10**400, "age": "nan"}}},
     ],
     ids=["deep-objects", "deep-json-text", "deep-labels", "odd-scalars"],
@@ -166,7 +175,8 @@ def test_batch_adapters_score_hostile_rows(qwen_tokenizer):
         {"reward_model": np.array([1]), "extra_info": None, "uid": None},
         {"reward_model": {"ground_truth": {"gender": nested(50)}}, "extra_info": {"ref_confidence": [1, 2]}, "uid": nested(DEEP)},
     ]
-    batch = rollout_batch(qwen_tokenizer, [Rollout(r, r"\boxed{3} <gender><tag>Male</tag><score>4</score></gender>") for r in rows])
+    text = r"\boxed{3} <gender><tag>Male</tag><score>4</score></gender>"
+    batch = rollout_batch(qwen_tokenizer, [Rollout(r, text) for r in rows])
     for name in ("confprofile", "majority_vote"):
         out = get_reward_manager_cls(name)(tokenizer=qwen_tokenizer, num_examine=0)(batch, return_dict=True)
         assert out["reward_tensor"].shape[0] == len(rows)
