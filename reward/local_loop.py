@@ -9,7 +9,8 @@ does: the config is verl's own ``ppo_trainer`` composed with Hydra overrides (as
   reward model, or
 - streamed: one single-row ``DataProto`` per rollout sent to a randomly chosen worker, as
   ``AgentLoopWorker._compute_score`` does in normal training (and validation).
-Only the generation is replaced: responses are given as text and tokenised.
+Only the generation is replaced: responses are given as text (``reward.group.Rollout``: row,
+response, and a chat prompt, a default one when None) and tokenised.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import asyncio
 import os
 import random
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from .group import Rollout
+
+DEFAULT_PROMPT = [{"role": "user", "content": "Profile this user."}]
 
 
 def compose_ppo_config(
@@ -53,15 +57,6 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-@dataclass
-class Rollout:
-    """One rollout: the dataset row's fields the trainer passes along, and the response text."""
-
-    row: dict
-    response: str
-    prompt: list = field(default_factory=lambda: [{"role": "user", "content": "Profile this user."}])
 
 
 def _object_array(values: list) -> np.ndarray:
@@ -135,8 +130,12 @@ class LocalRewardLoop:
         return asyncio.run(run())
 
 
+def _prompt(rollout: Rollout) -> list:
+    return DEFAULT_PROMPT if rollout.prompt is None else rollout.prompt
+
+
 def _tokens(tokenizer, rollout: Rollout) -> tuple[list[int], list[int]]:
-    enc = tokenizer.apply_chat_template(rollout.prompt, add_generation_prompt=True, tokenize=True)
+    enc = tokenizer.apply_chat_template(_prompt(rollout), add_generation_prompt=True, tokenize=True)
     prompt = list(enc if isinstance(enc, list) else enc["input_ids"])
     response = tokenizer.encode(rollout.response, add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt, response
@@ -169,7 +168,7 @@ def rollout_batch(tokenizer, rollouts: list[Rollout]):
     mask = torch.tensor([[0] * (p_len - len(p)) + [1] * len(p) + [1] * len(r) + [0] * (r_len - len(r)) for p, r in pairs])
     keys = rollouts[0].row.keys()
     non_tensor = {k: _object_array([r.row[k] for r in rollouts]) for k in keys}
-    non_tensor["raw_prompt"] = _object_array([r.prompt for r in rollouts])
+    non_tensor["raw_prompt"] = _object_array([_prompt(r) for r in rollouts])
     return _data_proto(prompts, responses, mask, non_tensor)
 
 
@@ -180,7 +179,7 @@ def stream_item(tokenizer, rollout: Rollout):
     mask = torch.ones(1, len(prompt) + len(response), dtype=torch.int64)
     non_tensor = {k: _object_array([v]) for k, v in rollout.row.items()}
     non_tensor.update(
-        raw_prompt=_object_array([rollout.prompt]),
+        raw_prompt=_object_array([_prompt(rollout)]),
         __num_turns__=np.array([2]),
         prompt_len=np.array([len(prompt)]),
         response_len=np.array([len(response)]),

@@ -2,7 +2,8 @@
 
 The same names are read from the top-level ``confprofile:`` block of a verl Hydra config (the
 reward-loop manager) or from keyword arguments (the batch manager, via ``reward_kwargs``). An
-unknown option or value is an error at start-up, never a silent default.
+unknown option or value (NaN and infinity included) is an error at start-up, never a silent
+default.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any, Mapping
 
 from verl_confprofile.scoring import RewardSpec
 from verl_confprofile.taxonomy import Taxonomy
+
+from .group import option_block, positive_seconds
 
 EXTRA_DEFAULTS = {"taxonomy": "profilebench", "group_timeout_s": 300.0}
 DEFAULTS = {**EXTRA_DEFAULTS, **RewardSpec().as_dict()}
@@ -29,21 +32,7 @@ def read_options(block: Mapping[str, Any] | None) -> Options:
 
     An option given as null (None) takes its default, like an option left out.
     """
-    given = dict(_plain(block) or {})
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"confprofile: unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULTS)}")
-    merged = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    timeout = merged["group_timeout_s"]
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"confprofile.group_timeout_s={timeout!r}: expected a positive number of seconds")
+    merged = option_block(block, DEFAULTS, "confprofile")
+    timeout = positive_seconds(merged["group_timeout_s"], "confprofile.group_timeout_s")
     spec = RewardSpec(**{k: merged[k] for k in RewardSpec.option_names()})
-    return Options(spec, Taxonomy.load(merged["taxonomy"]), float(timeout))
-
-
-def _plain(block: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf ships with verl
-        return block
-    return OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else block
+    return Options(spec, Taxonomy.load(merged["taxonomy"]), timeout)

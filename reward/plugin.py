@@ -1,4 +1,5 @@
-"""verl plugin entry point: importing this registers both ``confprofile`` reward managers.
+"""verl plugin entry point: importing this registers the ``confprofile`` and ``majority_vote``
+reward managers, each in both verl reward APIs.
 
 ``import verl`` imports every entry point of the ``verl.plugins`` group in every process (the
 trainer, Ray workers included), which is how ``reward.reward_manager.name=confprofile`` resolves
@@ -15,11 +16,11 @@ import logging
 logger = logging.getLogger(__name__)
 
 try:
-    from . import batch_manager, manager  # noqa: F401  (registration happens on import)
+    from . import batch_manager, majority_vote, manager  # noqa: F401  (registration happens on import)
 except Exception as exc:
     logger.warning(
-        "verl-confprofile: the confprofile reward managers could not be registered, so "
-        "reward.reward_manager.name=confprofile will not resolve: %s: %s",
+        "verl-confprofile: its reward managers (confprofile, majority_vote) could not be registered, so "
+        "reward.reward_manager.name=confprofile or majority_vote will not resolve: %s: %s",
         type(exc).__name__,
         exc,
         exc_info=True,

@@ -15,27 +15,24 @@ from verl_confprofile.scoring import RolloutReward, rollout_reward, targets
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import Vote
 
+from .group import VAL_SPLITS, is_validation  # noqa: F401  (the split rule is the group mechanism's)
 from .options import Options
-
-# Rows of these splits are validation rows: their groups have rollout.val_kwargs.n members.
-VAL_SPLITS = frozenset({"val", "validation", "test", "eval"})
 
 
 def labels_of(ground_truth: Any) -> dict | None:
-    """Gold labels of a row, or None when unlabelled or unreadable (never raises)."""
+    """Gold labels of a row, or None when unlabelled or unreadable (never raises).
+
+    A JSON text nested deeper than the decoder's recursion limit is unreadable, not an error.
+    """
     if isinstance(ground_truth, Mapping):
         return dict(ground_truth) or None
     if isinstance(ground_truth, (str, bytes)) and ground_truth.strip():
         try:
             value = json.loads(ground_truth)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return value if isinstance(value, dict) and value else None
     return None
-
-
-def is_validation(extra_info: Any) -> bool:
-    return isinstance(extra_info, Mapping) and extra_info.get("split") in VAL_SPLITS
 
 
 def ref_confidence_of(extra_info: Any) -> Mapping | None:

@@ -1,23 +1,28 @@
-"""The vote board: gathers the members of a GRPO group from every reward worker and votes once.
+"""The vote board: gathers the members of a GRPO group from every reward worker and combines them once.
 
 verl 0.9 scores each rollout alone (``run_single``), on whichever ``RewardLoopWorker`` actor it
 was sent to, so the members of one group (one ``uid``) are spread over processes. Workers post
-their parsed members here (``submit``, batched per worker) and collect the results of their
-groups by long polling (``poll``); the board votes each group (Eq. 6) exactly once and sends
-the same frozen result to every worker holding one of its members. A group is voted when:
+their members' contributions here (``submit``, batched per worker) and collect the results of
+their groups by long polling (``poll``); the board combines each group exactly once with the
+group reward's ``combine`` (``reward.group``; for confprofile, the vote of Eq. 6) and sends the
+same frozen result to every worker holding one of its members. It knows nothing of what the
+contributions mean. A group is combined when:
 
 - ``expected`` members have arrived (the normal case);
 - ``timeout_s`` has passed since its first member arrived (a member that never comes: an
   aborted rollout, a filtered sample): voted over the members present, marked partial;
 - a worker reports that all its concurrent call slots are held by waiting members while
   nothing resolves (``relieve``): the calls that would complete those groups are queued behind
-  them inside Ray and cannot start, so waiting cannot help. The board votes, over the members
-  present, the fullest groups waiting in that worker until enough slots are free (partial).
+  them inside Ray and cannot start, so waiting cannot help. The board combines, over the
+  members present, the fullest groups waiting in that worker until enough slots are free
+  (partial).
 
-A member arriving after its group was voted gets the frozen result (padding duplicates and
-stragglers). A voted group is forgotten ``timeout_s`` after its vote, so the state holds at
-most the groups of the last ``timeout_s`` seconds and nothing accumulates across steps. This
-class is plain asyncio; ``reward.manager`` runs it as a named Ray actor.
+A member arriving after its group was combined gets the frozen result (padding duplicates and
+stragglers). A group's contributions are dropped once it is combined, and the group itself is
+forgotten ``timeout_s`` later, so the state holds at most the groups of the last ``timeout_s``
+seconds and nothing accumulates across steps. A ``combine`` that raises resolves its group with
+an error (the workers score its members as failed) and never stops the board. This class is
+plain asyncio; ``reward.group_loop`` runs it as a named Ray actor.
 """
 
 from __future__ import annotations
@@ -26,19 +31,17 @@ import asyncio
 import heapq
 import time
 from collections import Counter
+from typing import Any, Callable
 
-from verl_confprofile.taxonomy import Taxonomy
-from verl_confprofile.voting import vote
-
-# Compact per-member payload: one (tag, confidence) pair per dimension, (None, None) if malformed.
-Member = tuple[tuple[str | None, int | None], ...]
+from .group import combine_safely
 
 
 class _Group:
-    __slots__ = ("members", "expected", "timeout_s", "waiting", "result", "forget_at")
+    __slots__ = ("members", "arrived", "expected", "timeout_s", "waiting", "result", "forget_at")
 
     def __init__(self, expected: int, timeout_s: float):
-        self.members: list[Member] = []
+        self.members: list = []
+        self.arrived = 0
         self.expected = expected
         self.timeout_s = timeout_s
         self.waiting: Counter = Counter()
@@ -47,11 +50,10 @@ class _Group:
 
 
 class VoteBoard:
-    """Group barrier with a single vote per ``uid``; all methods run on one event loop."""
+    """Group barrier with a single ``combine`` per ``uid``; all methods run on one event loop."""
 
-    def __init__(self, taxonomy: dict, voting: str, sweep_s: float = 0.05):
-        self.taxonomy = Taxonomy.from_dict(taxonomy, "<vote board>")
-        self.voting = voting
+    def __init__(self, combine: Callable[[list], Any], sweep_s: float = 0.05):
+        self.combine = combine
         self.sweep_s = sweep_s
         self.groups: dict[str, _Group] = {}
         self._timers: list[tuple[float, str]] = []
@@ -60,8 +62,8 @@ class VoteBoard:
         self._sweeper: asyncio.Task | None = None
         self.counters: Counter = Counter()
 
-    def submit(self, worker: str, entries: list[tuple[str, Member, int, float]]) -> None:
-        """Add (uid, member, expected, timeout_s) entries from one worker; results come by ``poll``."""
+    def submit(self, worker: str, entries: list[tuple[str, Any, int, float]]) -> None:
+        """Add (uid, contribution, expected, timeout_s) entries from one worker; results come by ``poll``."""
         for uid, member, expected, timeout_s in entries:
             group = self.groups.get(uid)
             if group is None:
@@ -72,12 +74,13 @@ class VoteBoard:
                 self._send(worker, uid, group.result)
                 continue
             group.members.append(member)
+            group.arrived += 1
             group.waiting[worker] += 1
-            if len(group.members) >= group.expected:
+            if group.arrived >= group.expected:
                 self._resolve(uid, group, "complete")
 
     async def poll(self, worker: str, wait_s: float = 1.0) -> list[tuple[str, dict]]:
-        """The (uid, result) pairs voted for ``worker`` since its last poll; waits up to ``wait_s``."""
+        """The (uid, result) pairs resolved for ``worker`` since its last poll; waits up to ``wait_s``."""
         wake = self._wakeups.setdefault(worker, asyncio.Event())
         if not self._outbox.get(worker):
             try:
@@ -88,9 +91,9 @@ class VoteBoard:
         return self._outbox.pop(worker, [])
 
     def relieve(self, worker: str, slots: int) -> int:
-        """Vote early the fullest groups waiting in ``worker`` until ``slots`` calls are freed."""
+        """Combine early the fullest groups waiting in ``worker`` until ``slots`` calls are freed."""
         pending = [(uid, g) for uid, g in self.groups.items() if g.result is None and g.waiting[worker] > 0]
-        pending.sort(key=lambda item: len(item[1].members), reverse=True)
+        pending.sort(key=lambda item: item[1].arrived, reverse=True)
         freed = 0
         for uid, group in pending:
             if freed >= slots:
@@ -109,15 +112,19 @@ class VoteBoard:
         self._wakeups.setdefault(worker, asyncio.Event()).set()
 
     def _resolve(self, uid: str, group: _Group, reason: str) -> None:
-        votes = {d.key: tuple(vote((m[i] for m in group.members), d, self.voting)) for i, d in enumerate(self.taxonomy)}
+        result, error = combine_safely(self.combine, group.members)
         self.counters[f"groups_{reason}"] += 1
+        if error is not None:
+            self.counters["combine_errors"] += 1
         group.result = {
-            "votes": votes,
-            "members": len(group.members),
+            "result": result,
+            "members": group.arrived,
             "expected": group.expected,
-            "partial": len(group.members) < group.expected,
+            "partial": group.arrived < group.expected,
             "reason": reason,
+            "error": error,
         }
+        group.members = []  # combined: the contributions are no longer needed
         group.forget_at = time.monotonic() + group.timeout_s
         self._schedule(group.forget_at, uid)
         for worker, waiting in group.waiting.items():
@@ -131,7 +138,7 @@ class VoteBoard:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Vote groups past their timeout; forget voted groups past their grace period."""
+        """Combine groups past their timeout; forget combined groups past their grace period."""
         while self._timers:
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:

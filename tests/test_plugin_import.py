@@ -37,5 +37,5 @@ def test_a_broken_install_warns_with_the_cause():
     assert done.returncode == 0, done.stderr  # verl itself still imports
     assert "UNKNOWN" in done.stdout
     assert "WARNING" in done.stderr
-    assert "confprofile reward managers could not be registered" in done.stderr
+    assert "reward managers (confprofile, majority_vote) could not be registered" in done.stderr
     assert "verl_confprofile.reward.vote_board" in done.stderr  # the cause, named

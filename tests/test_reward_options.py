@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from verl_confprofile.reward.manager import streaming_overflow
+from verl_confprofile.reward.group_loop import streaming_overflow
 from verl_confprofile.reward.options import DEFAULTS, read_options
 
 

@@ -1,17 +1,21 @@
 """The vote board and the workers' board client, driven on one asyncio loop without Ray.
 
 ``Handle`` gives a plain VoteBoard the calling convention of a Ray actor handle
-(``board.method.remote(...)``), so the real BoardClient runs against it.
+(``board.method.remote(...)``), so the real BoardClient runs against it. The board combines
+with confprofile's vote (``profile_board(voting)``); it knows nothing else of profiles.
 Taxonomy for hand-worked votes: gender [Female, Male, NA], age [young, old, NA].
 """
 
 import asyncio
 import random
+from functools import partial
 
 import pytest
 
-from verl_confprofile.reward.manager import BoardClient
+from verl_confprofile.reward.confprofile_reward import vote_members
+from verl_confprofile.reward.group_loop import BoardClient
 from verl_confprofile.reward.vote_board import VoteBoard
+from verl_confprofile.taxonomy import Taxonomy
 
 
 class Handle:
@@ -54,13 +58,17 @@ GROUP = [
 ]
 
 
+def profile_board(voting, **kwargs):
+    return VoteBoard(partial(vote_members, Taxonomy.from_dict(TAXONOMY, "<test>"), voting), **kwargs)
+
+
 def run(coro):
     return asyncio.run(coro)
 
 
 def test_complete_group_same_vote_for_all_members_in_any_order():
     async def main(order):
-        board = VoteBoard(TAXONOMY, "confidence")
+        board = profile_board("confidence")
         workers = clients(board, 2)
         tasks = [asyncio.create_task(workers[i % 2].vote("g", GROUP[i], 4, 30.0)) for i in order]
         return await asyncio.gather(*tasks)
@@ -70,8 +78,8 @@ def test_complete_group_same_vote_for_all_members_in_any_order():
         random.Random(seed).shuffle(order)
         results = run(main(order))
         assert all(r == results[0] for r in results)
-        assert results[0]["votes"]["gender"] == ("Female", 8.0, 2, 2.0, 4)
-        assert results[0]["votes"]["age"] == ("young", 4.0, 2, 2.0, 3)
+        assert results[0]["result"]["gender"] == ("Female", 8.0, 2, 2.0, 4)
+        assert results[0]["result"]["age"] == ("young", 4.0, 2, 2.0, 3)
         assert results[0]["members"] == 4 and not results[0]["partial"]
         assert results[0]["reason"] == "complete"
 
@@ -79,16 +87,16 @@ def test_complete_group_same_vote_for_all_members_in_any_order():
 def test_majority_board():
     # majority on gender: counts tie 2-2, then S 8 > 6 -> Female, margin in votes 2-2 = 0.
     async def main():
-        (client,) = clients(VoteBoard(TAXONOMY, "majority"), 1)
+        (client,) = clients(profile_board("majority"), 1)
         return await asyncio.gather(*(client.vote("g", m, 4, 30.0) for m in GROUP))
 
     result = run(main())[0]
-    assert result["votes"]["gender"] == ("Female", 8.0, 2, 0.0, 4)
+    assert result["result"]["gender"] == ("Female", 8.0, 2, 0.0, 4)
 
 
 def test_missing_member_times_out_with_partial_vote_and_late_member_gets_frozen_vote():
     async def main():
-        board = VoteBoard(TAXONOMY, "confidence", sweep_s=0.01)
+        board = profile_board("confidence", sweep_s=0.01)
         client, other = clients(board, 2)
         first = await asyncio.gather(*(client.vote("g", m, 4, 0.2) for m in GROUP[:3]))
         late = await other.vote("g", GROUP[3], 4, 0.2)
@@ -96,8 +104,8 @@ def test_missing_member_times_out_with_partial_vote_and_late_member_gets_frozen_
 
     first, late, stats = run(main())
     # Members 1-3 only: gender Male 5+1=6 (2 votes) vs Female 4 -> Male, margin 2; age old 2 vs young 3 -> young.
-    assert first[0]["votes"]["gender"] == ("Male", 6.0, 2, 2.0, 3)
-    assert first[0]["votes"]["age"] == ("young", 3.0, 1, 1.0, 2)
+    assert first[0]["result"]["gender"] == ("Male", 6.0, 2, 2.0, 3)
+    assert first[0]["result"]["age"] == ("young", 3.0, 1, 1.0, 2)
     assert all(r == first[0] for r in first)
     assert first[0]["partial"] and first[0]["reason"] == "timeout" and first[0]["members"] == 3
     assert late == first[0]
@@ -106,7 +114,7 @@ def test_missing_member_times_out_with_partial_vote_and_late_member_gets_frozen_
 
 def test_relieve_votes_fullest_waiting_group_of_that_worker():
     async def main():
-        board = VoteBoard(TAXONOMY, "confidence")
+        board = profile_board("confidence")
         w0, w1 = clients(board, 2)
         big = [asyncio.create_task(w0.vote("big", m, 8, 60.0)) for m in GROUP[:3]]
         small = [asyncio.create_task(w0.vote("small", GROUP[0], 8, 60.0))]
@@ -127,7 +135,7 @@ def test_relieve_votes_fullest_waiting_group_of_that_worker():
 
 def test_state_is_released_after_each_step():
     async def main():
-        board = VoteBoard(TAXONOMY, "confidence", sweep_s=0.01)
+        board = profile_board("confidence", sweep_s=0.01)
         workers = clients(board, 2)
         sizes = []
         for step in range(1000):
@@ -149,18 +157,18 @@ def test_state_is_released_after_each_step():
 
 def test_group_of_one_resolves_immediately():
     async def main():
-        (client,) = clients(VoteBoard(TAXONOMY, "confidence"), 1)
+        (client,) = clients(profile_board("confidence"), 1)
         return await asyncio.wait_for(client.vote("solo", GROUP[2], 1, 60.0), 5)
 
     result = run(main())
-    assert result["votes"]["gender"] == ("Female", 4.0, 1, 4.0, 1)
+    assert result["result"]["gender"] == ("Female", 4.0, 1, 4.0, 1)
     assert not result["partial"]
 
 
 @pytest.mark.parametrize("expected", [0, -3])
 def test_nonpositive_expected_counts_as_one(expected):
     async def main():
-        (client,) = clients(VoteBoard(TAXONOMY, "confidence"), 1)
+        (client,) = clients(profile_board("confidence"), 1)
         return await asyncio.wait_for(client.vote("x", GROUP[0], expected, 60.0), 5)
 
     assert run(main())["members"] == 1

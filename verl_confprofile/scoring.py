@@ -13,6 +13,7 @@ unweighted reward) and is flagged ``ref_missing`` so callers can count it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping, NamedTuple, Sequence
 
@@ -41,8 +42,8 @@ class RewardSpec:
                 raise ValueError(f"confprofile.{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
         for name in ("format_penalty", "weight_min", "weight_max"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"confprofile.{name}={value!r}: expected a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                raise ValueError(f"confprofile.{name}={value!r}: expected a finite number")
         if self.weight_min > self.weight_max:
             raise ValueError(f"confprofile.weight_min={self.weight_min} exceeds weight_max={self.weight_max}")
 
@@ -56,6 +57,14 @@ class RewardSpec:
     def weight(self, confidence: int) -> float:
         """w(C): 1 -> weight_min, 5 -> weight_max, linear in between."""
         return self.weight_min + (confidence - 1) * (self.weight_max - self.weight_min) / 4
+
+
+def _finite(value: int | float) -> bool:
+    """True for a number a float can hold that is neither NaN nor infinite."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 class DimensionReward(NamedTuple):
