@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: demo test bench
+.PHONY: demo test e2e bench
 
 # The C extension is compiled by the install: a change to its source reinstalls.
 $(STAMP): setup.py verl_confprofile/_speedups.c
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Only the end-to-end tests: verl's SFT and GRPO trainers on CPU (tests/e2e, a few minutes).
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e
 
 bench: $(STAMP)
 	for script in benchmarks/[!_]*.py; do $(BIN)/python $$script || exit 1; done

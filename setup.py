@@ -40,12 +40,13 @@ setup(
         "wrapt>=1.14",  # post-import hooks of reward.verl_metrics_hook
     ],
     extras_require={
-        "test": [
-            "pytest>=8", "hypothesis>=6.100", "uvicorn", "fastapi",
-            # what verl's trainer modules import (verl's verl-core extra), for the tests that run them
-            "TransferQueue>=0.1.10", "pyzmq", "msgspec", "cachetools",
-        ],
-        "vllm": ["vllm>=0.8"],
+        # TransferQueue, pyzmq, msgspec and cachetools: what verl's default (v1) trainer and its
+        # rollout router import (verl's verl-core extra), for the end-to-end tests on CPU.
+        "test": ["pytest>=8", "hypothesis>=6.100", "uvicorn", "fastapi",
+                 "TransferQueue>=0.1.10", "pyzmq", "msgspec", "cachetools"],
+        # GPU work: verl's own tested set (vLLM, torch and transformers pinned together, and the
+        # verl-core extra the default trainer imports).
+        "vllm": ["verl[vllm]>=0.9.1"],
     },
     entry_points={
         "console_scripts": ["confprofile = verl_confprofile.cli:main"],

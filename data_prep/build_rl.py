@@ -8,14 +8,18 @@ The samples are one offline pass of the SFT model over the RL pool (M per user).
 - ``difficulty``: the equal-frequency level 1..5, over the pool, of the mean of those levels
   (see ``difficulty``);
 
-then the pool is filtered by ``--shape`` (and ``--size``, ``--seed``) with ``difficulty.select``.
+then ``--val-fraction`` of the pool is held out for validation (drawn with ``random.Random(seed)``,
+before any filtering, so validation keeps the pool's difficulty mix) and the rest is filtered by
+``--shape`` (and ``--size``, ``--seed``) with ``difficulty.select``.
 
 Rows follow verl's RLHFDataset schema as the reward manager reads them (reward/rows.py):
 ``data_source`` "confprofile", ``prompt`` (the chat), ``ability`` "profiling", ``reward_model``
 {"style": "model", "ground_truth": JSON of the record's labels with canonical spellings, or ""},
-``extra_info`` {"user_id", "index" (row number), "split": "train", "ref_confidence", "difficulty"}.
+``extra_info`` {"user_id", "index" (row number), "split": "train" or "val", "ref_confidence", "difficulty"}.
 
-Writes to --out: rl_train.parquet, report.json and difficulty.png.
+Writes to --out: rl_train.parquet, rl_val.parquet (with --val-fraction), report.json and difficulty.png.
+Validation rows say ``split: val``: the reward manager votes them in groups of
+``rollout.val_kwargs.n``, and labelled ones carry their gold labels for scoring.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from verl_confprofile.taxonomy import Taxonomy
 from . import difficulty
 from .budget import PromptBudget
 from .build_args import add_common_arguments, common_options, left_out
+from .build_sft import val_users
 from .engine import make_engine
 from .outputs import write_parquet
 from .prepare import prepare, prompt_report
@@ -49,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(p)
     p.add_argument("--shape", default=difficulty.ORIGINAL, help=f"difficulty shape: {', '.join((difficulty.ORIGINAL, *difficulty.SHAPES))} or 'w1,w2,w3,w4,w5' (default: original, no filtering)")
     p.add_argument("--size", type=int, metavar="N", help="number of users to keep (default: the most the shape allows)")
+    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                   help="share of the pool held out, before filtering, for rl_val.parquet (default 0: none)")
     p.set_defaults(func=run)
 
 
@@ -60,11 +67,12 @@ def run(args: argparse.Namespace) -> None:
         args.out,
         shape=args.shape,
         size=args.size,
+        val_fraction=args.val_fraction,
         **common_options(args),
     )
     counts = report["counts"]
     print(
-        f"build-rl: {counts['rows']} rows of {counts['users_kept']} eligible users, shape {args.shape} "
+        f"build-rl: {counts['rows']} train + {counts['val_rows']} val rows of {counts['users_kept']} eligible users, shape {args.shape} "
         f"(left out: {left_out(report)}) -> {args.out}"
     )
 
@@ -98,46 +106,64 @@ def build_rl(
     voting: str = "confidence",
     shape: str = difficulty.ORIGINAL,
     size: int | None = None,
+    val_fraction: float = 0.0,
     seed: int = 0,
     budget: PromptBudget | None = None,
     engine: str = "local",
 ) -> dict:
-    """Build rl_train.parquet in ``out`` and return the report (also written to report.json)."""
+    """Build rl_train.parquet (and rl_val.parquet) in ``out``; return the report (also written to report.json)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     calibrator = Calibrator.load_for(calibration, taxonomy.keys)
     weights = difficulty.parse_shape(shape)
     prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine))
     refs = [ref_confidence(v, calibrator) for v in prep.votes]
     means = [difficulty.aggregate_confidence(r.values()) for r in refs]
     levels, cuts = difficulty.difficulty_levels(means)
-    selection = difficulty.select(levels, weights, size, seed)
+    held_out = val_users(len(levels), val_fraction, seed)
+    pool = [i for i in range(len(levels)) if i not in held_out]
+    selection = difficulty.select([levels[i] for i in pool], weights, size, seed)
 
-    rows, labelled, outside = [], 0, 0
+    labelled, outside = Counter(), 0
     ref_counts = {k: Counter() for k in taxonomy.keys}
     malformed, unanswered = Counter(), Counter()
-    for i in selection.indices:
-        record, user, ref = prep.records[i], prep.votes[i], refs[i]
-        truth, n_outside = ground_truth(record["labels"], taxonomy)
-        labelled += bool(truth)
-        outside += n_outside
-        for key, v in user.votes.items():
-            ref_counts[key][ref[key]] += 1
-            malformed[key] += user.num_samples - v.n_valid
-            unanswered[key] += v.tag is None
-        rows.append({
-            "data_source": DATA_SOURCE,
-            "prompt": prep.prompts[i].messages,
-            "ability": ABILITY,
-            "reward_model": {"style": "model", "ground_truth": truth},
-            "extra_info": {"user_id": record["user_id"], "index": len(rows), "split": "train", "ref_confidence": ref, "difficulty": levels[i]},
-        })
+    splits = {"train": [], "val": []}
+    for split, indices in (("train", (pool[j] for j in selection.indices)), ("val", sorted(held_out))):
+        rows = splits[split]
+        for i in indices:
+            record, user, ref = prep.records[i], prep.votes[i], refs[i]
+            truth, n_outside = ground_truth(record["labels"], taxonomy)
+            labelled[split] += bool(truth)
+            outside += n_outside
+            if split == "train":
+                for key, v in user.votes.items():
+                    ref_counts[key][ref[key]] += 1
+                    malformed[key] += user.num_samples - v.n_valid
+                    unanswered[key] += v.tag is None
+            rows.append({
+                "data_source": DATA_SOURCE,
+                "prompt": prep.prompts[i].messages,
+                "ability": ABILITY,
+                "reward_model": {"style": "model", "ground_truth": truth},
+                "extra_info": {"user_id": record["user_id"], "index": len(rows), "split": split, "ref_confidence": ref, "difficulty": levels[i]},
+            })
 
     os.makedirs(out, exist_ok=True)
-    write_parquet(rows, os.path.join(out, "rl_train.parquet"))
+    write_parquet(splits["train"], os.path.join(out, "rl_train.parquet"))
+    if splits["val"]:
+        write_parquet(splits["val"], os.path.join(out, "rl_val.parquet"))
     report = {
         "command": "build-rl",
         "inputs": {"records": records, "samples": samples, "calibration": calibration, "taxonomy": taxonomy.source},
-        "options": {"voting": voting, "shape": shape, "size": size, "seed": seed, "engine": engine},
-        "counts": {**prep.counts, "rows": len(rows), "labelled_rows": labelled, "labels_outside_taxonomy": outside},
+        "options": {"voting": voting, "shape": shape, "size": size, "val_fraction": val_fraction, "seed": seed, "engine": engine},
+        "counts": {
+            **prep.counts,
+            "rows": len(splits["train"]),
+            "labelled_rows": labelled["train"],
+            "val_rows": len(splits["val"]),
+            "labelled_val_rows": labelled["val"],
+            "labels_outside_taxonomy": outside,
+        },
         "skipped": prep.skips.to_dict(),
         "prompts": prompt_report(prep, budget),
         "difficulty": {
@@ -161,7 +187,7 @@ def build_rl(
     write_json(report, os.path.join(out, "report.json"))
     # Free the rows before drawing: matplotlib leaves a reference cycle through this frame (an
     # import error it catches), which would keep them alive until the next full collection.
-    del prep, refs, rows
+    del prep, refs, rows, splits
     from .plots import difficulty_figure
 
     difficulty_figure(os.path.join(out, "difficulty.png"), selection.available, selection.target, shape)

@@ -128,8 +128,9 @@ def test_reference_confidence_and_difficulty_by_hand(small, tmp_path):
     }
     assert report["counts"] == {
         "records": 3, "records_kept": 3, "samples": 6, "samples_used": 6, "users_with_samples": 3, "users_kept": 3,
-        "rows": 3, "labelled_rows": 2, "labels_outside_taxonomy": 1,
+        "rows": 3, "labelled_rows": 2, "val_rows": 0, "labelled_val_rows": 0, "labels_outside_taxonomy": 1,
     }
+    assert not (out / "rl_val.parquet").exists()
     assert report["dimensions"] == {
         "gender": {"malformed_samples": 0, "unanswered_users": 0, "ref_confidence": {"1": 0, "2": 1, "3": 1, "4": 0, "5": 1}},
         "age": {"malformed_samples": 2, "unanswered_users": 1, "ref_confidence": {"1": 1, "2": 1, "3": 0, "4": 0, "5": 1}},
@@ -141,6 +142,42 @@ def test_reference_confidence_and_difficulty_by_hand(small, tmp_path):
     ]
     assert [dict(ref_confidence_of(r["extra_info"])) for r in rows] == [REF["r1"], REF["r2"], REF["r3"]]
     assert not any(is_validation(r["extra_info"]) for r in rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_val_fraction_holds_out_users_before_filtering(small, tmp_path, seed):
+    """round(0.34 x 3) = 1 user goes to rl_val.parquet with split "val"; its reference confidence
+    and difficulty are the hand values above (levels are fitted on the whole pool); the other two
+    are the train set, filtered and numbered as usual."""
+    taxonomy_file, records, samples, calibration = small
+    out = tmp_path / "rl"
+    assert build_rl(records, samples, calibration, out, "--taxonomy", str(taxonomy_file),
+                    "--val-fraction", "0.34", "--seed", str(seed)) == 0
+    val, train = pq.read_table(out / "rl_val.parquet").to_pylist(), rows_of(out)
+    assert len(val) == 1 and len(train) == 2
+    (held,) = [r["extra_info"]["user_id"] for r in val]
+    assert [r["extra_info"]["user_id"] for r in train] == [u for u in ("r1", "r2", "r3") if u != held]
+    assert val[0]["extra_info"] == {"user_id": held, "index": 0, "split": "val",
+                                    "ref_confidence": REF[held], "difficulty": DIFFICULTY[held]}
+    assert val[0]["reward_model"]["ground_truth"] == TRUTH[held]
+    assert is_validation(val[0]["extra_info"]) and not is_validation(train[0]["extra_info"])
+    assert [r["extra_info"]["index"] for r in train] == [0, 1]
+    report = read_report(out)
+    assert report["counts"]["rows"] == 2 and report["counts"]["val_rows"] == 1
+    assert report["counts"]["labelled_val_rows"] == int(TRUTH[held] != "")
+    assert report["counts"]["labelled_rows"] == sum(TRUTH[u] != "" for u in TRUTH if u != held)
+    before = [0, 2, 0, 0, 1]
+    before[DIFFICULTY[held] - 1] -= 1  # the filter sees the train pool only
+    assert report["difficulty"]["before"] == before
+
+
+@pytest.mark.parametrize("fraction", ["0.1", "1", "-0.2"])
+def test_val_fraction_that_leaves_no_user_is_an_error(small, tmp_path, capsys, fraction):
+    taxonomy_file, records, samples, calibration = small
+    assert build_rl(records, samples, calibration, tmp_path / "rl", "--taxonomy", str(taxonomy_file),
+                    "--val-fraction", fraction) == 2
+    assert "--val-fraction" in capsys.readouterr().err
+    assert not (tmp_path / "rl" / "rl_train.parquet").exists()
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,26 @@ def test_main_grpo_has_the_papers_settings(recipes):
     }
 
 
+@pytest.mark.parametrize("name", [n for n in ABLATIONS if n != "sft_majority"])
+def test_grpo_validates_on_the_held_out_users_of_build_rl(recipes, name):
+    """Validation on: rl_val.parquet (rows with split "val", voted in groups of val_kwargs.n)."""
+    recipe = recipes[name]
+    prep = step(recipe, "build-rl")[0]
+    out = prep[prep.index("--out") + 1]
+    assert prep.count("--val-fraction") == 1 and float(prep[prep.index("--val-fraction") + 1]) == 0.05
+    cfg = grpo(recipe)
+    assert cfg["data"]["val_files"] == f"{out}/rl_val.parquet"
+    assert cfg["data"]["train_files"] == f"{out}/rl_train.parquet"
+    assert cfg["trainer"]["val_before_train"] is True and cfg["trainer"]["test_freq"] == 5
+
+
+def test_shipped_grpo_config_validates_on_rl_val():
+    cfg = yaml.safe_load((ROOT / "configs" / "confprofile_grpo.yaml").read_text())
+    assert cfg["data"]["val_files"] == "data/rl/rl_val.parquet"
+    assert cfg["data"]["train_files"] == "data/rl/rl_train.parquet"
+    assert cfg["trainer"]["val_before_train"] is True and cfg["trainer"]["test_freq"] > 0
+
+
 def test_main_sft_has_the_papers_settings(recipes):
     command, cfg = step(recipes["main"], "verl.trainer.sft_trainer")
     assert command[0] == "torchrun"

@@ -1,0 +1,100 @@
+"""Both stages of the method in verl's real trainers, on CPU (the harness in ``verl_cpu_harness``).
+
+1. verl's SFT trainer (``configs/confprofile_sft.yaml``) trains the tiny model on the SFT set that
+   ``confprofile build-sft`` wrote, and writes a Hugging Face checkpoint;
+2. ``python -m verl.trainer.main_ppo --config-name=confprofile_grpo`` runs 2 GRPO steps from that
+   checkpoint on the RL set of ``confprofile build-rl``, with ``reward.num_workers=2`` and
+   validation on ``rl_val.parquet`` before and after training, with the v1 trainer (verl's
+   default) and the legacy one.
+
+The assertions read what the trainers logged (verl's ``file`` logger) and dumped
+(``trainer.rollout_data_dir``, ``trainer.validation_data_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from verl_cpu_harness.runner import GRPO_TEST_OVERRIDES
+
+TRAINERS = {"v1": (), "legacy": ("trainer.use_v1=false",)}
+ROLLOUT_N = int(next(o for o in GRPO_TEST_OVERRIDES if o.startswith("actor_rollout_ref.rollout.n=")).split("=")[1])
+BATCH = int(next(o for o in GRPO_TEST_OVERRIDES if o.startswith("data.train_batch_size=")).split("=")[1])
+DIMS = ("gender", "age")
+
+
+def dump(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def group_of(uid: str) -> str:
+    """The prompt's uid of a dumped rollout (the v1 trainer appends ``_<sample>_<turn>``)."""
+    return uid.split("_", 1)[0]
+
+
+def test_build_rl_wrote_a_labelled_validation_set(e2e_data):
+    counts = e2e_data.rl_report["counts"]
+    val = pq.read_table(e2e_data.rl_val).to_pylist()
+    train = pq.read_table(e2e_data.rl_train).to_pylist()
+    assert counts["val_rows"] == len(val) == 8  # round(0.2 x 40 users)
+    assert counts["rows"] == len(train) == 32
+    assert {r["extra_info"]["split"] for r in val} == {"val"}
+    assert {r["extra_info"]["split"] for r in train} == {"train"}
+    assert all(json.loads(r["reward_model"]["ground_truth"]).keys() == set(DIMS) for r in val)
+    assert not {r["extra_info"]["user_id"] for r in val} & {r["extra_info"]["user_id"] for r in train}
+
+
+def test_sft_trainer_trains_and_writes_a_checkpoint(sft_run):
+    assert (Path(sft_run.checkpoint) / "model.safetensors").is_file()
+    losses = [s["train/loss"] for s in sft_run.steps]
+    assert len(losses) == 32  # 64 rows, batch 2, one epoch
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_grpo_steps_are_scored_by_confprofile(run_grpo, trainer):
+    run = run_grpo(trainer, TRAINERS[trainer])
+    assert [s["step"] for s in run.steps] == [1, 2]
+    for step in run.steps:
+        for stat in ("mean", "max", "min"):
+            assert f"critic/score/{stat}" in step
+        # 2 dimensions: each R_k lies in [-1, 1]
+        assert -2.0 <= step["critic/score/min"] <= step["critic/score/mean"] <= step["critic/score/max"] <= 2.0
+    for step_no in (1, 2):
+        rows = dump(run.rollout_dir / f"{step_no}.jsonl")
+        assert len(rows) == BATCH * ROLLOUT_N
+        # every prompt of the step came back as a group of rollout.n members
+        assert sorted(Counter(group_of(r["uid"]) for r in rows).values()) == [ROLLOUT_N] * BATCH
+
+
+def test_legacy_dump_shows_every_group_voted_complete(run_grpo):
+    run = run_grpo("legacy", TRAINERS["legacy"])
+    for step_no in (1, 2):
+        rows = dump(run.rollout_dir / f"{step_no}.jsonl")
+        assert {r["group_members"] for r in rows} == {ROLLOUT_N}
+        assert {r["group_partial"] for r in rows} == {0.0}
+
+
+def test_v1_dump_has_no_reward_extra_info(run_grpo):
+    """What the README says: only the legacy trainer's rollout dump carries reward_extra_info."""
+    rows = dump(run_grpo("v1", TRAINERS["v1"]).rollout_dir / "1.jsonl")
+    assert "group_members" not in rows[0] and not any(key.startswith("gender/") for key in rows[0])
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_validation_runs_on_the_val_set_without_waiting(run_grpo, e2e_data, trainer):
+    run = run_grpo(trainer, TRAINERS[trainer])
+    assert [v["step"] for v in run.validation] == [0, 2]
+    val_rows = pq.read_table(e2e_data.rl_val).num_rows
+    for v in run.validation:
+        assert "val-core/confprofile/reward/mean@1" in v
+        rows = dump(run.validation_dir / f"{v['step']}.jsonl")
+        assert len(rows) == val_rows
+        # groups of val_kwargs.n = 1, voted at once: none waited for group_timeout_s
+        assert {r["group_members"] for r in rows} == {1.0}
+        assert {r["group_partial"] for r in rows} == {0.0}

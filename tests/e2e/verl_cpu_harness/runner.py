@@ -1,0 +1,299 @@
+"""Driver side of the CPU harness: a tiny model, and verl's trainers run as subprocesses.
+
+Nothing here is imported by a trainer process; the trainers import the harness package itself
+through ``VERL_USE_EXTERNAL_MODULES`` (see ``cpu_env``).
+
+- ``build_tiny_model``: a random Qwen3-architecture model with the real Qwen tokenizer.
+- ``run_sft``: ``torchrun -m verl.trainer.sft_trainer`` with this project's SFT config.
+- ``run_main_ppo``: ``python -m verl.trainer.main_ppo --config-name=confprofile_grpo`` with the
+  CPU overrides plus the caller's, returning what the trainer logged (verl's ``file`` logger:
+  one JSON line per step) and the folders it dumped rollouts into.
+
+Every trainer runs in its own session with its own Ray temp folder; on return (success, failure
+or timeout) the session and every process started under that Ray folder are killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+HARNESS_DIR = Path(__file__).resolve().parent
+REPO = HARNESS_DIR.parents[2]
+CONFIGS = REPO / "configs"
+
+# The overrides that make configs/confprofile_grpo.yaml run on this harness (see the issue
+# "Both training stages in verl's real trainers, on CPU" for why each is needed).
+CPU_GRPO_OVERRIDES = (
+    "trainer.device=cpu",
+    "trainer.n_gpus_per_node=1",
+    "trainer.nnodes=1",
+    "+ray_kwargs.ray_init.num_gpus=1",
+    "actor_rollout_ref.rollout.name=hf",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+    "actor_rollout_ref.rollout.agent.num_workers=1",
+    "actor_rollout_ref.rollout.load_format=auto",
+    "actor_rollout_ref.model.use_remove_padding=false",
+    "+actor_rollout_ref.model.override_config.attn_implementation=eager",
+    "actor_rollout_ref.actor.strategy=fsdp2",
+    "actor_rollout_ref.ref.strategy=fsdp2",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+)
+CPU_SFT_OVERRIDES = (
+    "trainer.device=cpu",
+    "trainer.n_gpus_per_node=1",
+    "trainer.nnodes=1",
+    "engine.strategy=fsdp2",
+    "model.use_remove_padding=false",
+    "+model.override_config.attn_implementation=eager",
+    "data.num_workers=0",
+)
+
+
+LOGICAL_CPUS = 16
+SEED = 0
+
+# Sizes for a CPU: 2 prompts x 4 rollouts a step, short responses, the rest as in the project's configs.
+# The KL loss is off because verl's FSDP2 reference model pins host memory, which needs an
+# accelerator; everything else is configs/confprofile_grpo.yaml.
+GRPO_TEST_OVERRIDES = (
+    "data.train_batch_size=2",
+    "actor_rollout_ref.rollout.n=4",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.actor.use_kl_loss=false",
+    "actor_rollout_ref.actor.optim.lr=1e-4",
+    "data.max_prompt_length=512",
+    "data.max_response_length=128",
+    "trainer.total_training_steps=2",
+    "trainer.val_before_train=true",
+    "trainer.test_freq=2",
+    "reward.num_workers=2",
+    f"data.seed={SEED}",
+    f"actor_rollout_ref.rollout.seed={SEED}",
+)
+SFT_TEST_OVERRIDES = (
+    "data.train_batch_size=2",
+    "data.micro_batch_size_per_gpu=2",
+    "data.max_length=768",
+    "optim.lr=1e-2",
+    "trainer.total_epochs=1",
+    f"trainer.seed={SEED}",
+)
+
+
+
+
+class TrainerFailed(RuntimeError):
+    """A trainer subprocess exited non-zero or ran out of time; the message ends with its log."""
+
+
+def build_tiny_model(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, hidden: int = 64,
+                     layers: int = 2, seed: int = 0) -> str:
+    """A random Qwen3-architecture causal LM with the real Qwen tokenizer, saved in ``out_dir``."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    out = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=151936,  # Qwen3's padded vocabulary (the tokenizer uses ids up to 151668)
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return str(out)
+
+
+def cpu_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a trainer process: the harness imported by ``import verl`` everywhere."""
+    env = dict(os.environ)
+    env.update({
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HARNESS_DIR.parent), env.get("PYTHONPATH", "")])),
+        "VERL_USE_EXTERNAL_MODULES": "verl_cpu_harness",
+        "VERL_PLATFORM": "cpu",
+        "VERL_ENGINE_DEVICE": "cuda",  # verl registers its FSDP engines for cuda and npu only
+        "VERL_FILE_LOGGER_PATH": str(workdir / "metrics.jsonl"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "RAY_DEDUP_LOGS": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # Ray refuses a logical GPU when this names none
+    env.update(extra or {})
+    return env
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Pids of the processes in session ``sid`` (the trainer and everything it started, Ray included)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the parenthesised command: state ppid pgrp session ...
+        if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the trainer's session, by pid, until none is left."""
+    for _ in range(50):
+        pids = _session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.2)
+
+
+def _run(cmd: Sequence[str], workdir: Path, env: dict[str, str], timeout: float) -> str:
+    """Run a trainer in its own session, log to ``workdir/trainer.log``; clean up whatever happens.
+
+    Ray's processes (GCS, raylet, workers) are started by the trainer and stay in its session,
+    so killing the session ends them all, also after a failure or a timeout.
+    """
+    log_path = workdir / "trainer.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(list(cmd), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            _kill_session(proc.pid)
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    if code != 0:
+        reason = "timed out" if code is None else f"exited with {code}"
+        raise TrainerFailed(f"{' '.join(cmd[:4])} ... {reason}; last lines of {log_path}:\n{text[-6000:]}")
+    return text
+
+
+def run_sft(workdir: str | os.PathLike, model_dir: str, train_file: str, overrides: Sequence[str] = (),
+            timeout: float = 900) -> str:
+    """verl's SFT trainer (``configs/confprofile_sft.yaml``) on one CPU rank; returns the HF checkpoint dir."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "checkpoints"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+        "-m", "verl.trainer.sft_trainer", f"--config-path={CONFIGS}", "--config-name=confprofile_sft",
+        *CPU_SFT_OVERRIDES,
+        f"data.train_files={train_file}",
+        f"model.path={model_dir}",
+        f"trainer.default_local_dir={ckpt}",
+        "trainer.logger=[console,file]",
+        "checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+        *overrides,
+    ]
+    _run(cmd, work, cpu_env(work), timeout)
+    steps = sorted(ckpt.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    if not steps:
+        raise TrainerFailed(f"the SFT trainer wrote no checkpoint under {ckpt}")
+    hf = steps[-1] / "huggingface"
+    if not (hf / "config.json").is_file():
+        raise TrainerFailed(f"no Hugging Face checkpoint in {steps[-1]}")
+    return str(hf)
+
+
+@dataclass
+class GRPORun:
+    """What one main_ppo run logged and dumped."""
+
+    steps: list[dict[str, Any]]  # per training step: the metrics dict verl handed to its loggers
+    validation: list[dict[str, Any]]  # per validation pass: the val-core/val-aux metrics (with its step)
+    rollout_dir: Path  # trainer.rollout_data_dir: <step>.jsonl per training step
+    validation_dir: Path  # trainer.validation_data_dir: <step>.jsonl per validation pass
+    log: str = field(repr=False)
+
+
+def read_metrics(path: Path, training_prefix: str = "critic/") -> tuple[list[dict], list[dict]]:
+    """Split verl's file-logger lines (``{"step", "data"}``) into training steps and validation passes.
+
+    A line with a key starting with ``training_prefix`` is a training step (``critic/`` for PPO,
+    ``train/`` for SFT); its ``val-*`` keys, if any, also make a validation pass (verl logs the
+    validation of a step together with the step).
+    """
+    steps, validation = [], []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        data = entry["data"]
+        if any(k.startswith(training_prefix) for k in data):
+            steps.append({"step": entry["step"], **data})
+        if any(k.startswith("val-") for k in data):
+            validation.append({"step": entry["step"], **{k: v for k, v in data.items() if k.startswith("val-")}})
+    return steps, validation
+
+
+def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, val_file: str,
+                 overrides: Sequence[str] = (), timeout: float = 900) -> GRPORun:
+    """``python -m verl.trainer.main_ppo --config-name=confprofile_grpo`` on the CPU harness.
+
+    ``overrides`` come last and win over the harness's defaults (e.g. another reward manager,
+    ``trainer.use_v1=false``, ``trainer.total_training_steps=1``).
+    """
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    ray_tmp = Path("/tmp") / f"ray_e2e_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    rollout_dir, validation_dir = work / "rollouts", work / "validation"
+    cmd = [
+        sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIGS}", "--config-name=confprofile_grpo",
+        *CPU_GRPO_OVERRIDES,
+        # Logical CPUs: verl's placement groups ask for 3 per GPU bundle, TransferQueue's
+        # controller and storage unit for one each, the reward workers for one each.
+        f"+ray_kwargs.ray_init.num_cpus={LOGICAL_CPUS}",
+        f"+ray_kwargs.ray_init._temp_dir={ray_tmp}",
+        "+ray_kwargs.ray_init.include_dashboard=false",
+        f"data.train_files={train_file}",
+        f"data.val_files={val_file}",
+        f"actor_rollout_ref.model.path={model_dir}",
+        f"trainer.default_local_dir={work / 'checkpoints'}",
+        f"trainer.rollout_data_dir={rollout_dir}",
+        f"trainer.validation_data_dir={validation_dir}",
+        "trainer.logger=[console,file]",
+        "trainer.save_freq=-1",
+        *overrides,
+    ]
+    try:
+        log = _run(cmd, work, cpu_env(work), timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    steps, validation = read_metrics(work / "metrics.jsonl")
+    return GRPORun(steps=steps, validation=validation, rollout_dir=rollout_dir, validation_dir=validation_dir, log=log)
