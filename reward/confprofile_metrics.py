@@ -77,7 +77,10 @@ def step(cols: Columns) -> dict[str, float]:
     dims = dimensions(cols)
     rows = int(np.isfinite(cols["group_members"]).sum())
     out = {}
-    for name, group, pairs in [*((d, [d], rows) for d in dims), (OVERALL, dims, rows * len(dims))]:
+    blocks = [(d, [d], rows) for d in dims]
+    if OVERALL not in dims:  # a dimension of that name keeps its own values; the pooled block is left out
+        blocks.append((OVERALL, dims, rows * len(dims)))
+    for name, group, pairs in blocks:
         out.update({f"{SECTION}/{name}/{k}": v for k, v in _rates(_sums(cols, group), pairs).items()})
     out[f"{SECTION}/group/members"] = float(np.nanmean(cols["group_members"]))
     out[f"{SECTION}/group/partial"] = float(np.nanmean(cols["group_partial"]))

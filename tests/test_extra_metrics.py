@@ -249,3 +249,9 @@ def test_validation_metrics_equal_confprofile_eval(tmp_path, taxonomy_file):
     assert got["val-aux/confprofile/gender/recall"] == pytest.approx(2 / 3)
     assert got["val-aux/confprofile/age/recall"] == pytest.approx(1 / 2)
     assert got["val-core/confprofile/average/precision"] == 1.0
+
+
+def test_a_dimension_named_overall_keeps_its_own_values():
+    cols = {k.replace("age/", "overall/"): v for k, v in step_columns().items()}
+    got = step_metrics(cols)
+    assert got["confprofile/overall/well_formed"] == 0.5  # the dimension's 2 of 4, not the pooled 5 of 8
