@@ -106,18 +106,24 @@ def sft_run(tmp_path_factory, tiny_model, e2e_data) -> SFTRun:
 
 
 @pytest.fixture(scope="session")
-def run_grpo(tmp_path_factory, sft_run, e2e_data) -> Callable[..., runner.GRPORun]:
+def run_grpo(tmp_path_factory, request) -> Callable[..., runner.GRPORun]:
+    """``run_grpo(name, overrides=(), *, model=None, train_file=None, val_file=None) -> GRPORun``.
+
+    Defaults: the SFT checkpoint of ``sft_run`` and the RL files of ``e2e_data`` (each built
+    only when a run needs it). Runs are cached by ``name`` for the session.
+    """
     runs: dict[str, runner.GRPORun] = {}
 
     def run(name: str, overrides: Sequence[str] = (), *, model: str | None = None,
             train_file: str | None = None, val_file: str | None = None) -> runner.GRPORun:
         if name not in runs:
+            data = request.getfixturevalue("e2e_data")
             runs[name] = runner.run_main_ppo(
                 tmp_path_factory.mktemp(f"grpo_{name}"),
-                model or sft_run.checkpoint,
-                train_file or str(e2e_data.rl_train),
-                val_file or str(e2e_data.rl_val),
-                overrides=[*GRPO_TEST_OVERRIDES, f"confprofile.taxonomy={e2e_data.taxonomy}", *overrides],
+                model or request.getfixturevalue("sft_run").checkpoint,
+                train_file or str(data.rl_train),
+                val_file or str(data.rl_val),
+                overrides=[*GRPO_TEST_OVERRIDES, f"confprofile.taxonomy={data.taxonomy}", *overrides],
             )
         return runs[name]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from test_trainers import ROLLOUT_N, TRAINERS, dump
+from test_trainers import ROLLOUT_N, TRAINERS
 from verl_confprofile.cli import main
 from verl_confprofile.profile_format import parse_profile
 from verl_confprofile.reward.confprofile_metrics import FIELDS
@@ -81,7 +81,7 @@ def test_step_metrics_match_the_dumped_rollouts(run_grpo, e2e_data, options, tra
         assert not missing, f"step {logged['step']} lacks {missing}"
         # every group voted complete with rollout.n members
         assert logged["confprofile/group/members"] == ROLLOUT_N and logged["confprofile/group/partial"] == 0.0
-        want = recompute_step(dump(run.rollout_dir / f"{logged['step']}.jsonl"), rows, options)
+        want = recompute_step(run.rollouts(logged["step"]), rows, options)
         got = {k: v for k, v in logged.items() if k.startswith("confprofile/")}
         assert got == pytest.approx(want, abs=1e-6)
         # flat section/name keys: no double prefix, and no key of confprofile's left to the generic means
@@ -110,7 +110,7 @@ def test_validation_prf_equals_confprofile_eval(run_grpo, e2e_data, trainer, tmp
     source = val_rows[0]["data_source"]
     assert [v["step"] for v in run.validation] == [0, 2]
     for logged in run.validation:
-        report = eval_report(dump(run.validation_dir / f"{logged['step']}.jsonl"), val_rows, e2e_data.taxonomy, tmp_path / str(logged["step"]))
+        report = eval_report(run.validation_rollouts(logged["step"]), val_rows, e2e_data.taxonomy, tmp_path / str(logged["step"]))
         want = {f"val-core/{source}/average/{k}": v / 100 for k, v in report.pop("average").items()}
         want.update({f"val-aux/{source}/{d}/{k}": v / 100 for d, s in report.items() for k, v in s.items()})
         assert set(want) >= {f"val-aux/{source}/{d}/f1" for d in ("gender", "age")}

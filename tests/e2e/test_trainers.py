@@ -26,15 +26,10 @@ TRAINERS = {"v1": (), "legacy": ("trainer.use_v1=false",)}
 ROLLOUT_N = int(next(o for o in GRPO_TEST_OVERRIDES if o.startswith("actor_rollout_ref.rollout.n=")).split("=")[1])
 BATCH = int(next(o for o in GRPO_TEST_OVERRIDES if o.startswith("data.train_batch_size=")).split("=")[1])
 DIMS = ("gender", "age")
+# global_steps of the weight loads: before the first step (0) and after each of the 2 steps
+WEIGHT_SYNCS = {"v1": [0, 1, 2], "legacy": [0, 1, 2]}
 
 
-def dump(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def group_of(uid: str) -> str:
-    """The prompt's uid of a dumped rollout (the v1 trainer appends ``_<sample>_<turn>``)."""
-    return uid.split("_", 1)[0]
 
 
 def test_build_rl_wrote_a_labelled_validation_set(e2e_data):
@@ -50,9 +45,10 @@ def test_build_rl_wrote_a_labelled_validation_set(e2e_data):
 
 
 def test_sft_trainer_trains_and_writes_a_checkpoint(sft_run):
+    assert Path(sft_run.checkpoint).parent.name == "global_step_16"
     assert (Path(sft_run.checkpoint) / "model.safetensors").is_file()
     losses = [s["train/loss"] for s in sft_run.steps]
-    assert len(losses) == 32  # 64 rows, batch 2, one epoch
+    assert len(losses) == 16  # trainer.total_training_steps
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0
 
 
@@ -66,23 +62,35 @@ def test_grpo_steps_are_scored_by_confprofile(run_grpo, trainer):
         # 2 dimensions: each R_k lies in [-1, 1]
         assert -2.0 <= step["critic/score/min"] <= step["critic/score/mean"] <= step["critic/score/max"] <= 2.0
     for step_no in (1, 2):
-        rows = dump(run.rollout_dir / f"{step_no}.jsonl")
+        rows = run.rollouts(step_no)
         assert len(rows) == BATCH * ROLLOUT_N
-        # every prompt of the step came back as a group of rollout.n members
-        assert sorted(Counter(group_of(r["uid"]) for r in rows).values()) == [ROLLOUT_N] * BATCH
+        # every prompt (one user each) of the step came back as a group of rollout.n members
+        assert sorted(Counter(r["input"] for r in rows).values()) == [ROLLOUT_N] * BATCH
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_rollouts_come_from_the_trainers_current_weights(run_grpo, trainer):
+    """The hf rollout server gets the actor's weights before every step and generates with them."""
+    run = run_grpo(trainer, TRAINERS[trainer])
+    loads = [e for e in run.server_events if e["event"] == "weights"]
+    assert [e["global_steps"] for e in loads] == WEIGHT_SYNCS[trainer]
+    assert all(e["tensors"] > 0 for e in loads)
+    for step in run.steps:
+        # the trainer's log-probs of the rollouts match the server's (bf16 training, fp32 rollout)
+        assert step["training/rollout_probs_diff_max"] < 0.1
 
 
 def test_legacy_dump_shows_every_group_voted_complete(run_grpo):
     run = run_grpo("legacy", TRAINERS["legacy"])
     for step_no in (1, 2):
-        rows = dump(run.rollout_dir / f"{step_no}.jsonl")
+        rows = run.rollouts(step_no)
         assert {r["group_members"] for r in rows} == {ROLLOUT_N}
         assert {r["group_partial"] for r in rows} == {0.0}
 
 
 def test_v1_dump_has_no_reward_extra_info(run_grpo):
     """What the README says: only the legacy trainer's rollout dump carries reward_extra_info."""
-    rows = dump(run_grpo("v1", TRAINERS["v1"]).rollout_dir / "1.jsonl")
+    rows = run_grpo("v1", TRAINERS["v1"]).rollouts(1)
     assert "group_members" not in rows[0] and not any(key.startswith("gender/") for key in rows[0])
 
 
@@ -93,7 +101,7 @@ def test_validation_runs_on_the_val_set_without_waiting(run_grpo, e2e_data, trai
     val_rows = pq.read_table(e2e_data.rl_val).num_rows
     for v in run.validation:
         assert "val-core/confprofile/reward/mean@1" in v
-        rows = dump(run.validation_dir / f"{v['step']}.jsonl")
+        rows = run.validation_rollouts(v["step"])
         assert len(rows) == val_rows
         # groups of val_kwargs.n = 1, voted at once: none waited for group_timeout_s
         assert {r["group_members"] for r in rows} == {1.0}

@@ -19,8 +19,10 @@ Sleep, wake-up, cache and profiling calls have nothing to free on a CPU and do n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import time
 from typing import Any, Generator, Optional
 
 import ray
@@ -35,6 +37,8 @@ BACKEND = "hf"
 # A batch is closed once no new request has arrived for this long (the agent loop sends a step's
 # requests one by one, a few milliseconds apart; generating them together is far faster on a CPU).
 BATCH_WINDOW_S = 0.3
+# If set, the server appends one JSON line per event (weights loaded, batch generated) to this file.
+EVENTS_ENV = "VERL_CPU_HARNESS_EVENTS"
 
 
 def server_name(replica_rank: int, node_rank: int = 0) -> str:
@@ -61,6 +65,12 @@ class HFRolloutServer:
         self._pending: list[tuple[list[int], dict, asyncio.Future]] = []
         self._batcher: Optional[asyncio.Task] = None
         self._lock = asyncio.Lock()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        path = os.environ.get(EVENTS_ENV)
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"event": kind, "time": time.time(), **fields}) + "\n")
 
     # --- generation -------------------------------------------------------------------------
 
@@ -113,6 +123,7 @@ class HFRolloutServer:
                             if not fut.done():
                                 fut.set_exception(exc)
                         continue
+                self._event("generate", requests=len(items), global_steps=self.global_steps)
                 for (_, _, fut), result in zip(items, results, strict=True):
                     if not fut.done():
                         fut.set_result(result)
@@ -165,6 +176,8 @@ class HFRolloutServer:
             self.weight_updates += 1
             if global_steps is not None:
                 self.global_steps = global_steps
+            checksum = float(sum(t.double().sum() for t in state.values()))
+            self._event("weights", tensors=len(state), missing=len(missing), global_steps=global_steps, checksum=checksum)
         return len(state)
 
     async def set_global_steps(self, global_steps: int) -> None:

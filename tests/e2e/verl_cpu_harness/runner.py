@@ -26,12 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .hf_rollout import EVENTS_ENV
+
 HARNESS_DIR = Path(__file__).resolve().parent
 REPO = HARNESS_DIR.parents[2]
 CONFIGS = REPO / "configs"
 
-# The overrides that make configs/confprofile_grpo.yaml run on this harness (see the issue
-# "Both training stages in verl's real trainers, on CPU" for why each is needed).
+# What makes configs/confprofile_grpo.yaml run on this harness: the cpu device; one logical GPU
+# for verl's Ray placement (its workers ask for a GPU bundle); the hf rollout backend with one
+# replica and one agent-loop worker (the batch must divide by the workers); full weights at
+# start (no dummy load); padded batches and eager attention (no flash-attn on a CPU); FSDP2
+# (FSDP1 wants parameters on an accelerator); one TransferQueue storage unit (each takes a Ray
+# CPU, 8 by default).
 CPU_GRPO_OVERRIDES = (
     "trainer.device=cpu",
     "trainer.n_gpus_per_node=1",
@@ -43,10 +49,12 @@ CPU_GRPO_OVERRIDES = (
     "actor_rollout_ref.rollout.load_format=auto",
     "actor_rollout_ref.model.use_remove_padding=false",
     "+actor_rollout_ref.model.override_config.attn_implementation=eager",
+    "actor_rollout_ref.model.enable_gradient_checkpointing=false",
     "actor_rollout_ref.actor.strategy=fsdp2",
     "actor_rollout_ref.ref.strategy=fsdp2",
     "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
 )
+# The same for configs/confprofile_sft.yaml, with the dataset read in the trainer's process.
 CPU_SFT_OVERRIDES = (
     "trainer.device=cpu",
     "trainer.n_gpus_per_node=1",
@@ -54,16 +62,17 @@ CPU_SFT_OVERRIDES = (
     "engine.strategy=fsdp2",
     "model.use_remove_padding=false",
     "+model.override_config.attn_implementation=eager",
+    "model.enable_gradient_checkpointing=false",
     "data.num_workers=0",
 )
-
-
+# Ray's logical CPUs: verl's placement groups ask for 3 per GPU bundle, TransferQueue's
+# controller and storage unit for one each, the reward workers for one each.
 LOGICAL_CPUS = 16
 SEED = 0
 
-# Sizes for a CPU: 2 prompts x 4 rollouts a step, short responses, the rest as in the project's configs.
-# The KL loss is off because verl's FSDP2 reference model pins host memory, which needs an
-# accelerator; everything else is configs/confprofile_grpo.yaml.
+# Sizes for the tests: 2 prompts x 4 rollouts a step, 2 steps, short responses, validation
+# before training and after the last step. The KL loss is off because verl's FSDP2 reference
+# model pins host memory, which needs an accelerator; the rest is configs/confprofile_grpo.yaml.
 GRPO_TEST_OVERRIDES = (
     "data.train_batch_size=2",
     "actor_rollout_ref.rollout.n=4",
@@ -87,10 +96,9 @@ SFT_TEST_OVERRIDES = (
     "data.max_length=768",
     "optim.lr=1e-2",
     "trainer.total_epochs=1",
+    "trainer.total_training_steps=16",
     f"trainer.seed={SEED}",
 )
-
-
 
 
 class TrainerFailed(RuntimeError):
@@ -241,7 +249,20 @@ class GRPORun:
     validation: list[dict[str, Any]]  # per validation pass: the val-core/val-aux metrics (with its step)
     rollout_dir: Path  # trainer.rollout_data_dir: <step>.jsonl per training step
     validation_dir: Path  # trainer.validation_data_dir: <step>.jsonl per validation pass
+    server_events: list[dict[str, Any]]  # the hf rollout server's weight loads and generated batches
     log: str = field(repr=False)
+
+    def rollouts(self, step: int) -> list[dict[str, Any]]:
+        """The training rollouts verl dumped at ``step`` (one dict per rollout)."""
+        return read_jsonl(self.rollout_dir / f"{step}.jsonl")
+
+    def validation_rollouts(self, step: int) -> list[dict[str, Any]]:
+        """The validation generations verl dumped for the validation pass at ``step``."""
+        return read_jsonl(self.validation_dir / f"{step}.jsonl")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def read_metrics(path: Path, training_prefix: str = "critic/") -> tuple[list[dict], list[dict]]:
@@ -273,11 +294,10 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
     work.mkdir(parents=True, exist_ok=True)
     ray_tmp = Path("/tmp") / f"ray_e2e_{os.getpid()}_{time.monotonic_ns() % 10**9}"
     rollout_dir, validation_dir = work / "rollouts", work / "validation"
+    events = work / "rollout_server.jsonl"
     cmd = [
         sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIGS}", "--config-name=confprofile_grpo",
         *CPU_GRPO_OVERRIDES,
-        # Logical CPUs: verl's placement groups ask for 3 per GPU bundle, TransferQueue's
-        # controller and storage unit for one each, the reward workers for one each.
         f"+ray_kwargs.ray_init.num_cpus={LOGICAL_CPUS}",
         f"+ray_kwargs.ray_init._temp_dir={ray_tmp}",
         "+ray_kwargs.ray_init.include_dashboard=false",
@@ -292,8 +312,10 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
         *overrides,
     ]
     try:
-        log = _run(cmd, work, cpu_env(work), timeout)
+        log = _run(cmd, work, cpu_env(work, {EVENTS_ENV: str(events)}), timeout)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     steps, validation = read_metrics(work / "metrics.jsonl")
-    return GRPORun(steps=steps, validation=validation, rollout_dir=rollout_dir, validation_dir=validation_dir, log=log)
+    server_events = read_jsonl(events) if events.exists() else []
+    return GRPORun(steps=steps, validation=validation, rollout_dir=rollout_dir, validation_dir=validation_dir,
+                   server_events=server_events, log=log)
