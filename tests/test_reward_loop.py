@@ -156,15 +156,21 @@ def test_streaming_path_hand_worked_rewards_any_order(default_loop, qwen_tokeniz
         assert scores(results) == pytest.approx(expected(EXPECTED_DEFAULT))
     info = [r["reward_extra_info"] for r in results]
     a2, b4, c1 = info[1], info[7], info[8]
-    assert a2["confprofile/age/well_formed"] == 0.0 and a2["confprofile/gender/well_formed"] == 1.0
-    assert b4["confprofile/gender/well_formed"] == 0.0 and b4["confprofile/age/weight"] == 0.0
+    assert a2["age/well_formed"] == 0.0 and a2["gender/well_formed"] == 1.0
+    assert b4["gender/well_formed"] == 0.0 and b4["age/weight"] == 0.0
     # group A margins: gender 8-6 = 2, age 4-2 = 2; every member sees the same group values
-    assert {i["confprofile/gender/margin"] for i in info[:4]} == {2.0}
-    assert all(i["confprofile/group_members"] == 4 and i["confprofile/partial"] == 0.0 for i in info)
-    # group C is labelled Male/old but voted Female/young: pseudo-label accuracy 0 on both
-    assert c1["confprofile/gender/labelled"] == 1.0 and c1["confprofile/gender/label_match"] == 0.0
-    assert c1["confprofile/ref_missing"] == 2.0 and info[0]["confprofile/ref_missing"] == 0.0
-    assert info[0]["confprofile/gender/labelled"] == 0.0
+    assert {i["gender/margin"] for i in info[:4]} == {2.0}
+    # winners' shares: A gender Female 2 of 4, age young 2 of 4; B age old 2 of 4
+    assert {i["gender/share"] for i in info[:4]} == {0.5} and info[4]["age/share"] == 0.5
+    assert all(i["group_members"] == 4 and i["group_partial"] == 0.0 for i in info)
+    # group C is labelled Male/old but voted Female/young: pseudo-label accuracy 0 on both, and
+    # as a prediction each is an answer (not NA) that is wrong
+    assert c1["gender/labelled"] == 1.0 and c1["gender/label_match"] == 0.0
+    assert (c1["gender/gold"], c1["gender/answered"], c1["gender/correct"]) == (1.0, 1.0, 0.0)
+    assert c1["gender/ref_missing"] == c1["age/ref_missing"] == 1.0 and info[0]["gender/ref_missing"] == 0.0
+    assert info[0]["gender/labelled"] == 0.0 and info[0]["gender/gold"] == 0.0
+    # group B voted gender NA: no answer
+    assert info[4]["gender/answered"] == 0.0 and info[4]["age/answered"] == 1.0
 
 
 def test_missing_member_is_voted_after_timeout_and_marked_partial(default_loop, qwen_tokenizer):
@@ -174,8 +180,8 @@ def test_missing_member_is_voted_after_timeout_and_marked_partial(default_loop, 
     partial = {"A": (GROUP_A[:3], {"gender": 5, "age": 2}, None)}
     results = default_loop.score_streaming([stream_item(qwen_tokenizer, r) for r in rollouts(partial, "p")])
     assert scores(results) == pytest.approx([0.6, 0.0, -0.6])
-    assert all(r["reward_extra_info"]["confprofile/partial"] == 1.0 for r in results)
-    assert all(r["reward_extra_info"]["confprofile/group_members"] == 3.0 for r in results)
+    assert all(r["reward_extra_info"]["group_partial"] == 1.0 for r in results)
+    assert all(r["reward_extra_info"]["group_members"] == 3.0 for r in results)
 
 
 def test_validation_rows_use_val_group_size(default_loop, qwen_tokenizer):
@@ -184,4 +190,4 @@ def test_validation_rows_use_val_group_size(default_loop, qwen_tokenizer):
     solo = {"B": ([GROUP_B[2]], {"gender": 1, "age": 4}, None)}
     results = default_loop.score_streaming([stream_item(qwen_tokenizer, r) for r in rollouts(solo, "test")])
     assert scores(results) == [1.0]
-    assert results[0]["reward_extra_info"]["confprofile/partial"] == 0.0
+    assert results[0]["reward_extra_info"]["group_partial"] == 0.0

@@ -63,21 +63,21 @@ def assert_one_quasi_ground_truth_per_group(taxonomy, parsed, results):
     for g in range(PROMPTS):
         members = range(g * N, (g + 1) * N)
         for dim in taxonomy:
-            agreed = {parsed[i][dim.key].tag for i in members if results[i]["reward_extra_info"][f"confprofile/{dim.key}/agree"]}
+            agreed = {parsed[i][dim.key].tag for i in members if results[i]["reward_extra_info"][f"{dim.key}/agree"]}
             assert len(agreed) <= 1
             for i in members:
                 out = parsed[i][dim.key]
                 if out.well_formed:
-                    assert results[i]["reward_extra_info"][f"confprofile/{dim.key}/agree"] == float(out.tag in agreed)
-        assert len({results[i]["reward_extra_info"]["confprofile/partial"] for i in members}) == 1
+                    assert results[i]["reward_extra_info"][f"{dim.key}/agree"] == float(out.tag in agreed)
+        assert len({results[i]["reward_extra_info"]["group_partial"] for i in members}) == 1
 
 
 def test_chunked_step(loop, qwen_tokenizer):
     taxonomy, rollouts, parsed = make_step(qwen_tokenizer, f"chunked-{len(loop.workers)}")
     results = loop.score_chunked(rollout_batch(qwen_tokenizer, rollouts))
     assert len(results) == PROMPTS * N
-    assert all(r["reward_extra_info"]["confprofile/group_members"] == N for r in results)
-    assert not any(r["reward_extra_info"]["confprofile/partial"] for r in results)
+    assert all(r["reward_extra_info"]["group_members"] == N for r in results)
+    assert not any(r["reward_extra_info"]["group_partial"] for r in results)
     assert_one_quasi_ground_truth_per_group(taxonomy, parsed, results)
 
 
@@ -88,4 +88,4 @@ def test_streamed_step_over_actor_concurrency(loop, qwen_tokenizer):
     assert len(results) == PROMPTS * N
     assert_one_quasi_ground_truth_per_group(taxonomy, parsed, results)
     # Some groups had to be voted early to free the worker's slots; they say so.
-    assert any(r["reward_extra_info"]["confprofile/partial"] for r in results)
+    assert any(r["reward_extra_info"]["group_partial"] for r in results)

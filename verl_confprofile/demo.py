@@ -88,6 +88,8 @@ def grpo_step(rl_dir: Path, population, tokenizer_dir: str, prompts: int, n: int
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
+    from .reward import confprofile_metrics  # noqa: F401  (registers the family step_metrics uses)
+    from .reward.extra_metrics import step_metrics
     from .reward.local_loop import LocalRewardLoop, Rollout, compose_ppo_config, init_ray, stream_item
 
     rows = pq.read_table(rl_dir / "rl_train.parquet").to_pylist()[:prompts]
@@ -116,17 +118,16 @@ def grpo_step(rl_dir: Path, population, tokenizer_dir: str, prompts: int, n: int
     with LocalRewardLoop(config) as loop:
         results = loop.score_streaming([stream_item(tokenizer, r) for r in rollouts])
     infos = [r["reward_extra_info"] for r in results]
-    dims = [k.split("/")[1] for k in infos[0] if k.endswith("/agree")]
-    labelled = sum(i[f"confprofile/{d}/labelled"] for i in infos for d in dims)
+    metrics = step_metrics({k: [i[k] for i in infos] for k in infos[0]})  # what the trainer logs
     return {
         "rollouts": len(results),
         "groups": len(rows),
         "mean_reward": statistics.fmean(r["reward_score"] for r in results),
         "reward_std": statistics.pstdev(r["reward_score"] for r in results),
-        "well_formed": statistics.fmean(i[f"confprofile/{d}/well_formed"] for i in infos for d in dims),
-        "agree_with_quasi_ground_truth": statistics.fmean(i[f"confprofile/{d}/agree"] for i in infos for d in dims),
-        "partial_groups": sum(i["confprofile/partial"] for i in infos) / n,
-        "pseudo_label_accuracy": sum(i[f"confprofile/{d}/label_match"] for i in infos for d in dims) / max(labelled, 1),
+        "well_formed": metrics["confprofile/overall/well_formed"],
+        "agree_with_quasi_ground_truth": metrics["confprofile/overall/agree"],
+        "partial_groups": metrics["confprofile/group/partial"] * len(rows),
+        "pseudo_label_accuracy": metrics.get("confprofile/overall/label_accuracy", 0.0),
     }
 
 

@@ -62,10 +62,32 @@ def precision_recall_f1(
             continue
         answers += 1
         correct += pred == gold
+    return prf_from_counts(correct, answers, support, definition=definition)
+
+
+def prf_from_counts(correct: float, answers: float, support: float, *, definition: str = "paper") -> PRF:
+    """P/R/F1 from the three counts of one dimension: the definitions above, in one place.
+
+    ``support`` users have a real gold label, ``answers`` of them got a non-NA prediction at the
+    threshold, ``correct`` of those match the label. Counts may come from anywhere (a list of
+    predictions here, per-rollout flags summed by the training metrics), so every caller shares
+    the same rules, including 0 for an empty denominator.
+    """
+    if definition not in DEFINITIONS:
+        raise ValueError(f"unknown recall definition {definition!r}; choose one of {', '.join(DEFINITIONS)}")
     precision = correct / answers if answers else 0.0
     hits = answers if definition == "paper" else correct
     recall = hits / support if support else 0.0
-    return PRF(precision, recall, f1_score(precision, recall), support)
+    return PRF(precision, recall, f1_score(precision, recall), int(support))
+
+
+def rate(numerator: float, denominator: float) -> float:
+    """numerator / denominator, 0 when the denominator is 0 (the convention of precision above).
+
+    For ratio metrics such as pseudo-label accuracy, sum(label_match) / sum(labelled): a mean of
+    per-row ratios would weight rows wrongly, so ratios are always formed from sums.
+    """
+    return numerator / denominator if denominator else 0.0
 
 
 def average_scores(per_dim: Mapping[str, PRF]) -> dict[str, float]:
