@@ -74,7 +74,10 @@ def test_rollouts_come_from_the_trainers_current_weights(run_grpo, trainer):
     run = run_grpo(trainer, TRAINERS[trainer])
     loads = [e for e in run.server_events if e["event"] == "weights"]
     assert [e["global_steps"] for e in loads] == WEIGHT_SYNCS[trainer]
-    assert all(e["tensors"] > 0 for e in loads)
+    assert all(e["tensors"] > 0 and e["missing"] == 0 for e in loads)
+    # each load brought the actor's weights after its update (AdamW's weight decay moves them
+    # even when every advantage is 0), not the same tensors again
+    assert len({e["checksum"] for e in loads}) == len(loads)
     for step in run.steps:
         # the trainer's log-probs of the rollouts match the server's (bf16 training, fp32 rollout)
         assert step["training/rollout_probs_diff_max"] < 0.1
