@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, TextIO
 
-from verl_confprofile.jsonl import InputError, JSONDecodeError, loads, sample_fields, write_line
+from verl_confprofile.jsonl import BOM, InputError, JSONDecodeError, line_problem, loads, sample_fields, write_line
 from verl_confprofile.jsonl import field as checked_field
 from verl_confprofile.output_guard import declare
 from verl_confprofile.taxonomy import Taxonomy
@@ -114,6 +114,8 @@ def scan_output(path: str, model: str, sampling: dict | None = None, prompts: di
     newline_missing = False
     with fh:
         for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(BOM):  # another writer's byte order mark: kept, not read
+                complete, raw = len(BOM), raw[len(BOM) :]
             ended = raw.endswith(b"\n")
             if not raw.strip():
                 if not ended:
@@ -127,8 +129,8 @@ def scan_output(path: str, model: str, sampling: dict | None = None, prompts: di
                     cut = len(raw)
                     break
                 raise InputError(
-                    f"{path}:{lineno}: not a sample line ({exc.msg}, column {exc.colno}); synthesize only appends to --out, "
-                    "so this file has other content"
+                    f"{path}:{lineno}: not a sample line ({line_problem(raw, exc, 'not JSON')}); synthesize only appends "
+                    "to --out, so this file has other content"
                 ) from None
             complete += len(raw)
             newline_missing = not ended

@@ -466,6 +466,34 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path, teacher, capsys)
     assert pairs(samples) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1)]
 
 
+def test_a_byte_order_mark_is_kept_and_a_torn_line_after_it_cut_exactly(tmp_path, teacher, capsys):
+    # A samples file saved by an editor that writes a BOM: the resume scan reads its first sample
+    # (not "not a sample line") and cuts a torn last line at the right byte, BOM included.
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+    assert synthesize(records, out, teacher(), num_samples=1) == 0
+    body = out.read_bytes()
+    out.write_bytes(b"\xef\xbb\xbf" + body + b'{"user_id": "u1", "sample_idx": 1, "mod')
+    capsys.readouterr()
+
+    server = teacher()
+    assert synthesize(records, out, server) == 0
+
+    assert server.attempts == {("u0", 1): 1, ("u1", 1): 1}
+    data = out.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf" + body)  # nothing before the torn line was lost
+    lines = data[3:].splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)
+
+
+def test_a_bad_byte_in_the_output_is_named_as_such(tmp_path, teacher, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    out = tmp_path / "samples.jsonl"
+    out.write_bytes(b'{"user_id": "u0", "sample_idx": 0, "text": "caf\xe9"}\n')
+    assert synthesize(records, out, teacher()) == 2
+    assert f"{out}:1: not a sample line (not UTF-8 text" in capsys.readouterr().err
+
+
 def test_an_output_file_of_another_model_is_refused(tmp_path, teacher, capsys):
     records = write_records(tmp_path / "records.jsonl", ["u0"])
     out = tmp_path / "samples.jsonl"
