@@ -1,7 +1,8 @@
 """The ``confprofile`` manager's training-step and validation metrics (its MetricFamily).
 
 Reads the per-rollout keys that ``reward.rows.extra_info`` writes (``<dim>/<field>``,
-``group_members``, ``group_partial``) and reduces them:
+``group_members``, ``group_partial`` and its causes ``group_timeout``, ``group_overflow``,
+``group_unreachable``) and reduces them:
 
 Training step, ``confprofile/<dim>/<name>`` per dimension and ``confprofile/overall/<name>``
 over every (rollout, dimension) pair (pooled: sums over all dimensions):
@@ -13,8 +14,9 @@ over every (rollout, dimension) pair (pooled: sums over all dimensions):
     margin, share   the group vote's margin and the winner's share of the group, per rollout
     label_accuracy  pseudo-label accuracy, sum(label_match) / sum(labelled); only when some
                     rows carry gold labels
-and ``confprofile/group/members`` (mean members voted per group, per rollout) and
-``confprofile/group/partial`` (share of rollouts whose group was voted partial).
+and ``confprofile/group/members`` (mean members voted per group, per rollout),
+``confprofile/group/partial`` (share of rollouts whose group was voted partial) and, the same
+share split by cause, ``confprofile/group/timeout``, ``overflow`` and ``unreachable``.
 
 Validation, per data source (one prediction per prompt, its group's vote, as ``confprofile
 eval`` votes the samples of a user), at tau = 1 with the paper's recall:
@@ -32,6 +34,7 @@ import numpy as np
 from verl_confprofile.metrics import PRF, average_scores, prf_from_counts, rate
 
 from .extra_metrics import Columns, MetricFamily, register_family
+from .group import PARTIAL_REASONS
 
 SECTION = "confprofile"
 OVERALL = "overall"
@@ -39,7 +42,7 @@ FIELDS = (
     "well_formed", "agree", "weight", "na", "ref_missing", "margin", "share",
     "labelled", "label_match", "gold", "answered", "correct",
 )  # fmt: skip
-GROUP_KEYS = ("group_members", "group_partial")
+GROUP_KEYS = ("group_members", "group_partial", *(f"group_{cause}" for cause in PARTIAL_REASONS))
 WELL_FORMED_RATES = ("agree", "na", "weight", "ref_missing")  # sums over well-formed answers
 ROLLOUT_MEANS = ("margin", "share")
 
@@ -82,8 +85,8 @@ def step(cols: Columns) -> dict[str, float]:
         blocks.append((OVERALL, dims, rows * len(dims)))
     for name, group, pairs in blocks:
         out.update({f"{SECTION}/{name}/{k}": v for k, v in _rates(_sums(cols, group), pairs).items()})
-    out[f"{SECTION}/group/members"] = float(np.nanmean(cols["group_members"]))
-    out[f"{SECTION}/group/partial"] = float(np.nanmean(cols["group_partial"]))
+    for key in GROUP_KEYS:  # group_members -> confprofile/group/members, ...
+        out[f"{SECTION}/group/{key.removeprefix('group_')}"] = float(np.nanmean(cols[key]))
     return out
 
 

@@ -69,4 +69,5 @@ def reward(options: Options, own: Member, group: Group, rollout: Rollout) -> tup
         options,
         members=group.members,
         partial=group.partial,
+        reason=group.reason,
     )

@@ -10,9 +10,10 @@ reward with three functions, and the adapters run it in both verl reward APIs:
 - ``combine(contributions) -> result``: runs once per group over the contributions gathered
   (in arrival order; make it order-independent). The result is small and picklable too.
 - ``reward(own, group, rollout) -> score`` or ``(score, extra_info)``: runs in the reward
-  worker, once per rollout, with its own contribution and the ``Group`` (the combined result
-  and how many members it holds). ``extra_info`` is a flat {name: number} mapping with the
-  same keys for every rollout (verl takes the key set from the first one).
+  worker, once per rollout, with its own contribution and the ``Group`` (the combined result,
+  how many members it holds, and why it was combined when it was). ``extra_info`` is a flat
+  {name: number} mapping with the same keys for every rollout (verl takes the key set from
+  the first one).
 
 ``reward.group_loop.GroupRewardManager`` (verl's reward loop, ``reward.reward_manager.name``)
 and ``reward.group_batch.GroupBatchRewardManager`` (the batch API of verl <= 0.7 forks) are
@@ -71,14 +72,26 @@ class Group(NamedTuple):
     ``result`` is ``combine``'s output over the contributions gathered; ``members`` the rollouts
     that arrived (those whose ``contribute`` failed included, though they gave nothing to
     combine); ``expected`` the group size; ``partial`` is true when the group was combined
-    before all expected members arrived (a timeout, overflow relief, an unreachable board).
-    A rollout whose ``needs_group`` is false gets ``Group(None, 0, expected, False)``.
+    before all expected members arrived; ``reason`` says why it was combined when it was, so a
+    reward can report the cause of a partial group (the causes are ``PARTIAL_REASONS``):
+
+    - ``"complete"``: every expected member arrived (a row without a uid is a complete group of
+      itself; the batch API always sees whole groups);
+    - ``"timeout"``: ``group_timeout_s`` passed with members missing (partial);
+    - ``"overflow"``: combined early to free a reward worker whose call slots all waited (partial);
+    - ``"unreachable"``: the vote board failed and the rollout was combined alone (partial);
+    - None: no group was needed (``needs_group`` false): ``Group(None, 0, expected, False, None)``.
     """
 
     result: Any
     members: int
     expected: int
     partial: bool
+    reason: str | None
+
+
+# Why a group was combined before all its members arrived (``Group.reason`` of a partial group).
+PARTIAL_REASONS = ("timeout", "overflow", "unreachable")
 
 
 @dataclass(frozen=True)

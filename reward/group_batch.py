@@ -5,7 +5,7 @@ sees the whole batch, so each ``uid`` group is gathered directly, without the vo
 combined once with the same ``GroupReward`` the reward-loop adapter runs. Options are keyword
 arguments (``reward_model.reward_kwargs`` in those trainers), the same names as the ``<name>:``
 config block. Rows without a ``uid`` are each their own group; a whole group is in the batch,
-so no group is partial.
+so every group is complete (``Group.reason`` "complete"), none partial.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class GroupBatchRewardManager(DescribedReward, AbstractRewardManager):
         for members in groups.values():
             voting = [i for i in members if self.safe.needs_group(rollouts[i])]
             result, error = self.safe.combine([own[i] for i in voting]) if voting else (None, None)
-            voted = Group(result, len(voting), len(members), False)
-            alone = Group(None, 0, len(members), False)
+            voted = Group(result, len(voting), len(members), False, "complete")
+            alone = Group(None, 0, len(members), False, None)
             for i in members:
                 if i in voting:
                     scored[i] = self.safe.score(own[i], voted, rollouts[i], error)

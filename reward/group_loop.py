@@ -8,8 +8,8 @@ importlib``. Options come from the top-level config block named ``name``.
 Each ``run_single`` call decodes one rollout and computes its contribution (in the worker's
 executor), posts it to the group's vote board (``reward.vote_board``, a named Ray actor shared
 by all reward workers) and waits for the group's combined result, then computes its own
-reward. It never raises: if the board fails, the rollout is combined alone and marked partial;
-a failing user function scores the rollout 0.0 (``SafeGroupReward``).
+reward. It never raises: if the board fails, the rollout is combined alone and marked partial
+(reason ``unreachable``); a failing user function scores the rollout 0.0 (``SafeGroupReward``).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class GroupRewardManager(DescribedReward, RewardManagerBase):
         self._progress += 1
         expected = self.group_size[rollout.validation]
         if not self.safe.needs_group(rollout):
-            return self.safe.score(own, Group(None, 0, expected, False), rollout)
+            return self.safe.score(own, Group(None, 0, expected, False, None), rollout)
         group, error = await self._gather(group_key(rollout.row.get("uid")), own, expected)
         return self.safe.score(own, group, rollout, error)
 
@@ -197,21 +197,22 @@ class GroupRewardManager(DescribedReward, RewardManagerBase):
 
     async def _gather(self, uid: str | None, own: Any, expected: int) -> tuple[Group, str | None]:
         if uid is None:  # not a GRPO group: the rollout is its own group
-            return self._alone(own, 1, partial=False)
+            return self._alone(own, 1, "complete")
         self._ensure_watchdog()
         try:
             out = await self._client().vote(uid, own, expected, self.spec.group_timeout_s)
         except Exception as exc:  # the board died or is unreachable: score alone rather than fail the step
             logger.warning("%s: vote board unavailable (%s); scoring the rollout against itself", self._board[0], exc)
             _CLIENTS.clear()
-            return self._alone(own, expected, partial=True)
+            return self._alone(own, expected, "unreachable")
         if out["error"] is not None:
             self.safe.failed("combine", out["error"])
-        return Group(out["result"], out["members"], out["expected"], out["partial"]), out["error"]
+        return Group(out["result"], out["members"], out["expected"], out["partial"], out["reason"]), out["error"]
 
-    def _alone(self, own: Any, expected: int, partial: bool) -> tuple[Group, str | None]:
+    def _alone(self, own: Any, expected: int, reason: str) -> tuple[Group, str | None]:
+        """The rollout combined as a group of itself; partial unless that is the whole group."""
         result, error = self.safe.combine([own])
-        return Group(result, 1, expected, partial), error
+        return Group(result, 1, expected, reason != "complete", reason), error
 
     def _ensure_watchdog(self) -> None:
         if self._watchdog is None or self._watchdog.done():

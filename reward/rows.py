@@ -15,6 +15,7 @@ from verl_confprofile.scoring import RolloutReward, rollout_reward, targets
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import Vote
 
+from .group import PARTIAL_REASONS
 from .group import VAL_SPLITS, is_validation  # noqa: F401  (the split rule is the group mechanism's)
 from .options import Options
 
@@ -54,14 +55,16 @@ def score_row(
     *,
     members: int,
     partial: bool,
+    reason: str | None,
 ) -> tuple[float, dict[str, float]]:
     """Eq. 7-8 for one rollout of a row against its group's votes, and its reward_extra_info.
 
-    Both managers score through this, whether the group was voted on the board or in the batch.
+    Both managers score through this, whether the group was voted on the board or in the batch;
+    ``members``, ``partial`` and ``reason`` are the group's (``reward.group.Group``).
     """
     tax, spec = options.taxonomy, options.spec
     reward = rollout_reward(parsed, targets(votes, labels, spec, tax), ref_confidence_of(row_extra_info), spec, tax)
-    return reward.total, extra_info(reward, votes, labels, tax, members=members, partial=partial)
+    return reward.total, extra_info(reward, votes, labels, tax, members=members, partial=partial, reason=reason)
 
 
 def extra_info(
@@ -72,6 +75,7 @@ def extra_info(
     *,
     members: int,
     partial: bool,
+    reason: str | None,
 ) -> dict[str, float]:
     """``reward_extra_info`` of one rollout: flat numeric keys, identical for every rollout.
 
@@ -92,8 +96,10 @@ def extra_info(
       scored without a vote (all its labels are targets, ``use_labels=when_present``) is
       predicted by the rollout's own answer, whose agreement with that target is ``agree``.
 
-    Per rollout: group_members (members voted) and group_partial (voted before all expected
-    members arrived: a timeout, a worker overflow or an unreachable board).
+    Per rollout: group_members (members voted), group_partial (voted before all expected
+    members arrived) and, 0/1 each, its cause: group_timeout (members missing after
+    group_timeout_s), group_overflow (voted early to free a reward worker's call slots) and
+    group_unreachable (the vote board failed: voted alone).
     """
     info: dict[str, float] = {}
     for dim in taxonomy:
@@ -121,4 +127,6 @@ def extra_info(
         info[prefix + "correct"] = float(correct)
     info["group_members"] = float(members)
     info["group_partial"] = float(partial)
+    for cause in PARTIAL_REASONS:
+        info[f"group_{cause}"] = float(reason == cause)
     return info

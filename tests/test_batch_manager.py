@@ -38,6 +38,8 @@ def test_batch_manager_groups_by_uid_in_any_row_order(qwen_tokenizer, taxonomy_f
     info = out["reward_extra_info"]
     assert len(info["gender/agree"]) == len(rows)
     assert set(info["group_members"]) == {4.0}
+    # the whole group is in the batch: voted complete, no cause of a partial group
+    assert all(set(info[k]) == {0.0} for k in ("group_partial", "group_timeout", "group_overflow", "group_unreachable"))
 
 
 def test_batch_manager_options_as_keyword_arguments(qwen_tokenizer, taxonomy_file):

@@ -88,7 +88,8 @@ AGE = {
 
 def step_columns():
     cols = {f"{dim}/{k}": v for dim, fields in (("gender", GENDER), ("age", AGE)) for k, v in fields.items()}
-    return {**cols, "group_members": [4] * 4, "group_partial": [0] * 4}
+    group = {"group_members": [4] * 4, "group_partial": [0] * 4, "group_timeout": [0] * 4, "group_overflow": [0] * 4}
+    return {**cols, **group, "group_unreachable": [0] * 4}
 
 
 def test_confprofile_step_metrics_by_hand():
@@ -123,14 +124,44 @@ def test_confprofile_step_metrics_by_hand():
         "confprofile/overall/label_accuracy": 1.0,
         "confprofile/group/members": 4.0,
         "confprofile/group/partial": 0.0,
+        "confprofile/group/timeout": 0.0,
+        "confprofile/group/overflow": 0.0,
+        "confprofile/group/unreachable": 0.0,
     }
     assert got == pytest.approx(want)
     assert set(got) == set(want)  # every key claimed: nothing of confprofile's under reward_extra/
 
 
-def test_a_key_set_that_is_not_complete_is_left_to_the_generic_means():
+def test_partial_groups_are_reported_by_cause():
+    # Rollouts 1-3 were voted partial: 1 and 2 in a group that timed out with 2 of 4 members,
+    # 3 in a group combined early to relieve a worker (3 of 4); rollout 4 was scored alone when
+    # the board was unreachable; rollouts 5-8 in a complete group of 4.
+    # Shares of the 8 rollouts: partial 4/8, timeout 2/8, overflow 1/8, unreachable 1/8;
+    # members (2+2+3+1+4*4)/8 = 24/8.
+    cols = {f"{d}/{k}": [0] * 8 for d in ("gender", "age") for k in GENDER}
+    cols.update(
+        group_members=[2, 2, 3, 1, 4, 4, 4, 4],
+        group_partial=[1, 1, 1, 1, 0, 0, 0, 0],
+        group_timeout=[1, 1, 0, 0, 0, 0, 0, 0],
+        group_overflow=[0, 0, 1, 0, 0, 0, 0, 0],
+        group_unreachable=[0, 0, 0, 1, 0, 0, 0, 0],
+    )
+    got = step_metrics(cols)
+    assert {k: v for k, v in got.items() if k.startswith("confprofile/group/")} == pytest.approx(
+        {
+            "confprofile/group/members": 3.0,
+            "confprofile/group/partial": 0.5,
+            "confprofile/group/timeout": 0.25,
+            "confprofile/group/overflow": 0.125,
+            "confprofile/group/unreachable": 0.125,
+        }
+    )
+
+
+@pytest.mark.parametrize("key", ["group_partial", "group_unreachable"])
+def test_a_key_set_that_is_not_complete_is_left_to_the_generic_means(key):
     cols = step_columns()
-    del cols["group_partial"]
+    del cols[key]
     got = step_metrics(cols)
     assert not any(k.startswith("confprofile/") for k in got)
     assert got["reward_extra/gender/well_formed/mean"] == 0.75
@@ -222,7 +253,7 @@ def test_validation_metrics_equal_confprofile_eval(tmp_path, taxonomy_file):
         parsed = [parse_profile(t, tax) for t in texts]
         votes = vote_profile(parsed, tax, options.spec.voting)
         for p in parsed:
-            _, info = score_row(p, votes, labels, {"split": "val"}, options, members=len(parsed), partial=False)
+            _, info = score_row(p, votes, labels, {"split": "val"}, options, members=len(parsed), partial=False, reason="complete")
             sources.append("confprofile"), uids.append(user), infos.append(info)
     got = validation_metrics(sources, uids, {k: [i[k] for i in infos] for k in infos[0]})
 

@@ -86,7 +86,7 @@ def test_board_survives_a_failing_combine():
 def test_safe_reward_learns_keys_for_the_fallback():
     safe = SafeGroupReward(FRAGILE, "fragile")
     assert safe.fallback() == (0.0, {})  # nothing scored yet, no extra_keys declared
-    assert safe.score(3, Group(3, 1, 1, False), Rollout({}, "abc")) == (1.0, {"longest": 1.0})
+    assert safe.score(3, Group(3, 1, 1, False, "complete"), Rollout({}, "abc")) == (1.0, {"longest": 1.0})
     assert safe.fallback() == (0.0, {"longest": 0.0})
 
 

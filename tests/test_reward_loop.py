@@ -8,6 +8,7 @@ w(C) = 0.2 + 0.2 * (C - 1): w(1)=0.2, w(2)=0.4, w(3)=0.6, w(4)=0.8, w(5)=1.0. Fo
 
 import json
 import os
+import time
 
 import pytest
 import ray
@@ -127,6 +128,18 @@ def scores(results):
     return [round(r["reward_score"], 6) for r in results]
 
 
+CAUSES = ("timeout", "overflow", "unreachable")
+
+
+def cause_of(result):
+    """The cause a result reports for a partial group (None when complete); partial iff a cause."""
+    info = result["reward_extra_info"]
+    causes = [c for c in CAUSES if info[f"group_{c}"] == 1.0]
+    assert all(info[f"group_{c}"] in (0.0, 1.0) for c in CAUSES) and len(causes) <= 1
+    assert info["group_partial"] == float(bool(causes))
+    return causes[0] if causes else None
+
+
 def test_plugin_registers_confprofile_inside_ray_workers():
     @ray.remote
     def probe():
@@ -163,6 +176,7 @@ def test_streaming_path_hand_worked_rewards_any_order(default_loop, qwen_tokeniz
     # winners' shares: A gender Female 2 of 4, age young 2 of 4; B age old 2 of 4
     assert {i["gender/share"] for i in info[:4]} == {0.5} and info[4]["age/share"] == 0.5
     assert all(i["group_members"] == 4 and i["group_partial"] == 0.0 for i in info)
+    assert all(i[f"group_{cause}"] == 0.0 for i in info for cause in CAUSES)
     # group C is labelled Male/old but voted Female/young: pseudo-label accuracy 0 on both, and
     # as a prediction each is an answer (not NA) that is wrong
     assert c1["gender/labelled"] == 1.0 and c1["gender/label_match"] == 0.0
@@ -182,6 +196,8 @@ def test_missing_member_is_voted_after_timeout_and_marked_partial(default_loop, 
     assert scores(results) == pytest.approx([0.6, 0.0, -0.6])
     assert all(r["reward_extra_info"]["group_partial"] == 1.0 for r in results)
     assert all(r["reward_extra_info"]["group_members"] == 3.0 for r in results)
+    # the cause is reported: a timeout, not an overflow or an unreachable board
+    assert [cause_of(r) for r in results] == ["timeout"] * 3
 
 
 def test_validation_rows_use_val_group_size(default_loop, qwen_tokenizer):
@@ -191,3 +207,38 @@ def test_validation_rows_use_val_group_size(default_loop, qwen_tokenizer):
     results = default_loop.score_streaming([stream_item(qwen_tokenizer, r) for r in rollouts(solo, "test")])
     assert scores(results) == [1.0]
     assert results[0]["reward_extra_info"]["group_partial"] == 0.0
+    assert cause_of(results[0]) is None
+
+
+def test_unreachable_board_scores_alone_and_says_so(default_loop, qwen_tokenizer):
+    # Every reward worker first votes through the board (a validation row: a group of 1, voted
+    # at once), then the board actor is killed. Each worker's next rollout is scored against
+    # itself, marked partial with the cause "unreachable"; the one after that gets a new board.
+    # Group B r3 alone (Male 4, NA 5; ref gender 1, age 4): its own vote, both agree,
+    # +0.2 +0.8 = 1.0, whichever way it is voted.
+    def score_on(worker, tag):
+        item = stream_item(qwen_tokenizer, Rollout(row(f"B-{tag}", {"gender": 1, "age": 4}, split="test"), text(*GROUP_B[2])))
+        return ray.get(worker.compute_score.remote(item))
+
+    workers = default_loop.workers
+    assert all(cause_of(score_on(w, f"before-{i}")) is None for i, w in enumerate(workers))
+    boards = [a for a in ray.util.list_named_actors(all_namespaces=True) if "confprofile_vote_board_" in a["name"]]
+    assert boards
+    for board in boards:
+        ray.kill(ray.get_actor(board["name"], namespace=board["namespace"]))
+    deadline = time.monotonic() + 60
+    for board in boards:  # wait until each is dead: its name is free again
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(board["name"], namespace=board["namespace"])
+            except ValueError:
+                break
+            time.sleep(0.05)
+    for i, worker in enumerate(workers):
+        result = score_on(worker, f"unreachable-{i}")
+        assert result["reward_score"] == pytest.approx(1.0)
+        assert cause_of(result) == "unreachable"
+        assert result["reward_extra_info"]["group_members"] == 1.0
+    after = [score_on(w, f"after-{i}") for i, w in enumerate(workers)]
+    assert [r["reward_score"] for r in after] == pytest.approx([1.0] * len(workers))
+    assert [cause_of(r) for r in after] == [None] * len(workers)

@@ -119,7 +119,7 @@ def score_both_rewards(*rollouts):
         keys = None
         for contribution, rollout in zip(own, rollouts):
             needs = spec.needs_group is None or spec.needs_group(rollout)
-            group = Group(result, len(own), len(own), False) if needs else Group(None, 0, len(own), False)
+            group = Group(result, len(own), len(own), False, "complete") if needs else Group(None, 0, len(own), False, None)
             score, info = spec.reward(contribution, group, rollout)
             assert isinstance(score, float) and math.isfinite(score), name
             assert all(isinstance(v, float) and math.isfinite(v) for v in info.values()), name

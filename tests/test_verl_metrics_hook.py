@@ -32,6 +32,7 @@ STEP_VALUES = {
     "confprofile/overall/weight": 2.6 / 5,
     "confprofile/overall/label_accuracy": 1.0,
     "confprofile/group/partial": 0.0,
+    "confprofile/group/timeout": 0.0,
 }
 
 

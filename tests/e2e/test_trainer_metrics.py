@@ -59,7 +59,8 @@ def recompute_step(lines: list[dict], rows: list[dict], options) -> dict[str, fl
         votes = vote_profile(parsed, tax, options.spec.voting)
         labels = labels_of(row["reward_model"]["ground_truth"])
         for member, p in zip(members, parsed):
-            total, info = score_row(p, votes, labels, row["extra_info"], options, members=len(members), partial=False)
+            # every group voted complete (the caller checks the logged partial share is 0)
+            total, info = score_row(p, votes, labels, row["extra_info"], options, members=len(members), partial=False, reason="complete")
             assert total == pytest.approx(member["score"], abs=1e-5)  # the reward verl trained on
             infos.append(info)
     return step_metrics({k: [i[k] for i in infos] for k in infos[0]})
@@ -79,8 +80,9 @@ def test_step_metrics_match_the_dumped_rollouts(run_grpo, e2e_data, options, tra
     for logged in run.steps:
         missing = [f"confprofile/{d}/{n}" for d in dims for n in STEP_NAMES if f"confprofile/{d}/{n}" not in logged]
         assert not missing, f"step {logged['step']} lacks {missing}"
-        # every group voted complete with rollout.n members
+        # every group voted complete with rollout.n members: none partial, for any cause
         assert logged["confprofile/group/members"] == ROLLOUT_N and logged["confprofile/group/partial"] == 0.0
+        assert [logged[f"confprofile/group/{c}"] for c in ("timeout", "overflow", "unreachable")] == [0.0] * 3
         want = recompute_step(run.rollouts(logged["step"]), rows, options)
         got = {k: v for k, v in logged.items() if k.startswith("confprofile/")}
         assert got == pytest.approx(want, abs=1e-6)

@@ -88,7 +88,7 @@ def test_legacy_dump_shows_every_group_voted_complete(run_grpo):
     for step_no in (1, 2):
         rows = run.rollouts(step_no)
         assert {r["group_members"] for r in rows} == {ROLLOUT_N}
-        assert {r["group_partial"] for r in rows} == {0.0}
+        assert {r[k] for r in rows for k in ("group_partial", "group_timeout", "group_overflow", "group_unreachable")} == {0.0}
 
 
 def test_v1_dump_has_no_reward_extra_info(run_grpo):
