@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 
 from verl_confprofile.jsonl import STRICT_HELP, InputError
 from verl_confprofile.taxonomy import Taxonomy
@@ -67,3 +68,17 @@ def common_options(args: argparse.Namespace, tokenizer_used: bool = False) -> di
 def left_out(report: dict) -> str:
     """What a build left out, as 'reason=count, ...' ('none' when nothing) for its summary line."""
     return ", ".join(f"{k}={v['count']}" for k, v in report["skipped"].items()) or "none"
+
+
+def check_val_fraction(fraction: float) -> None:
+    """Refuse a --val-fraction outside [0, 1) before any work is done."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {fraction}")
+
+
+def val_users(n: int, fraction: float, seed: int) -> set[int]:
+    """Indices of the round(fraction * n) users drawn for validation with ``random.Random(seed)``."""
+    k = int(fraction * n + 0.5)
+    if fraction and not 0 < k < n:
+        raise ValueError(f"--val-fraction {fraction} of {n} users leaves no train or no validation user")
+    return set(random.Random(seed).sample(range(n), k))

@@ -37,8 +37,7 @@ from verl_confprofile.taxonomy import Taxonomy
 
 from . import difficulty
 from .budget import PromptBudget, prompt_summary
-from .build_args import add_common_arguments, common_options, left_out
-from .build_sft import val_users
+from .build_args import add_common_arguments, check_val_fraction, common_options, left_out, val_users
 from .engine import make_engine
 from .outputs import OutputFolder, write_parquet
 from .prepare import prepare, prompt_report
@@ -116,8 +115,7 @@ def build_rl(
     strict: bool = False,
 ) -> dict:
     """Build rl_train.parquet (and rl_val.parquet) in ``out``; return the report (also written to report.json)."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     calibrator = Calibrator.load_for(calibration, taxonomy.keys)
     weights = difficulty.parse_shape(shape)
     prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict)

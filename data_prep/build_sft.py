@@ -20,7 +20,6 @@ report.json and confidence.png (Figure 3).
 from __future__ import annotations
 
 import argparse
-import random
 from collections import Counter
 from typing import Sequence
 
@@ -33,7 +32,7 @@ from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 from .budget import PromptBudget, count_conversations, prompt_summary
-from .build_args import add_common_arguments, common_options, left_out
+from .build_args import add_common_arguments, check_val_fraction, common_options, left_out, val_users
 from .engine import make_engine
 from .outputs import OutputFolder, sft_table, write_parquet
 from .prepare import prepare, prompt_report
@@ -107,14 +106,6 @@ def _row_lengths(tokenizer: str, conversations: list[list[dict]], batch: int = 1
     return out
 
 
-def val_users(n: int, fraction: float, seed: int) -> set[int]:
-    """Indices of the round(fraction * n) users drawn for validation with ``random.Random(seed)``."""
-    k = int(fraction * n + 0.5)
-    if fraction and not 0 < k < n:
-        raise ValueError(f"--val-fraction {fraction} of {n} users leaves no train or no validation user")
-    return set(random.Random(seed).sample(range(n), k))
-
-
 @cyclic_gc_paused()
 def build_sft(
     records: str,
@@ -139,8 +130,7 @@ def build_sft(
     (``row_too_long``) rather than left for verl's SFT to refuse mid-training; the calibrator
     is still fitted on every voted user.
     """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     tokenizer = tokenizer or (budget.tokenizer if budget else None)
     if max_length is not None and (max_length <= 0 or tokenizer is None):
         raise ValueError(f"--max-length must be positive and needs --tokenizer, got {max_length}")
