@@ -33,16 +33,14 @@ import numpy as np
 
 from verl_confprofile.metrics import PRF, average_scores, prf_from_counts, rate
 
-from .extra_metrics import Columns, MetricFamily, register_family
-from .group import PARTIAL_REASONS
+from .extra_metrics import Columns, MetricFamily, group_metrics, register_family
+from .group import group_keys
+from .rows import FIELDS
 
 SECTION = "confprofile"
 OVERALL = "overall"
-FIELDS = (
-    "well_formed", "agree", "weight", "na", "ref_missing", "margin", "share",
-    "labelled", "label_match", "gold", "answered", "correct",
-)  # fmt: skip
-GROUP_KEYS = ("group_members", "group_partial", *(f"group_{cause}" for cause in PARTIAL_REASONS))
+GROUP_PREFIX = "group_"
+GROUP_KEYS = group_keys(GROUP_PREFIX)
 WELL_FORMED_RATES = ("agree", "na", "weight", "ref_missing")  # sums over well-formed answers
 ROLLOUT_MEANS = ("margin", "share")
 
@@ -85,8 +83,7 @@ def step(cols: Columns) -> dict[str, float]:
         blocks.append((OVERALL, dims, rows * len(dims)))
     for name, group, pairs in blocks:
         out.update({f"{SECTION}/{name}/{k}": v for k, v in _rates(_sums(cols, group), pairs).items()})
-    for key in GROUP_KEYS:  # group_members -> confprofile/group/members, ...
-        out[f"{SECTION}/group/{key.removeprefix('group_')}"] = float(np.nanmean(cols[key]))
+    out.update(group_metrics(cols, GROUP_PREFIX, SECTION))  # group_members -> confprofile/group/members, ...
     return out
 
 

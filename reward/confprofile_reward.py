@@ -5,7 +5,9 @@
 - combine: the group's quasi ground truth, one vote per dimension (Eq. 6) over the well-formed
   members, as {dimension: Vote fields}.
 - reward: Eq. 7-8 against the votes (or the row's labels under ``use_labels=when_present``),
-  with the row's reference confidence; extra info from ``rows.extra_info``.
+  with the row's reference confidence; extra info from ``rows.extra_info``, whose keys depend
+  on the taxonomy's dimensions and are declared (``rows.extra_keys``), so a rollout whose
+  functions fail reports them all, at 0.0.
 - needs_group: a row whose valid labels cover every dimension under ``use_labels=when_present``
   is scored against its labels at once, without a vote.
 """
@@ -21,7 +23,7 @@ from verl_confprofile.voting import Vote, vote
 
 from .group import Group, GroupReward, Rollout
 from .options import Options, read_options
-from .rows import covered_by_labels, labels_of, score_row
+from .rows import covered_by_labels, extra_keys, labels_of, score_row
 
 # A member's contribution: one (tag, score, error) per dimension in taxonomy order.
 Member = tuple[tuple[str | None, int | None, str | None], ...]
@@ -36,6 +38,7 @@ def confprofile_reward(block: Any = None) -> GroupReward:
         reward=partial(reward, options),
         needs_group=partial(needs_vote, options),
         group_timeout_s=options.group_timeout_s,
+        extra_keys=extra_keys(options.taxonomy),
     )
 
 
@@ -61,13 +64,4 @@ def profile_of(member: Member, taxonomy: Taxonomy) -> Profile:
 
 def reward(options: Options, own: Member, group: Group, rollout: Rollout) -> tuple[float, dict[str, float]]:
     votes = {k: Vote(*v) for k, v in (group.result or {}).items()}
-    return score_row(
-        profile_of(own, options.taxonomy),
-        votes,
-        labels_of(rollout.ground_truth),
-        rollout.extra_info,
-        options,
-        members=group.members,
-        partial=group.partial,
-        reason=group.reason,
-    )
+    return score_row(profile_of(own, options.taxonomy), votes, labels_of(rollout.ground_truth), rollout.extra_info, options, group)

@@ -10,7 +10,8 @@ trainers. It imports neither verl nor torch.
   of sums (sum(label_match) / sum(labelled) is not a mean of rows), precision / recall / F1,
   its own section name. The keys a family claims are reduced by it alone. Registration runs
   when the manager's module is imported, which the ``verl.plugins`` entry point does in every
-  process, the trainer's included.
+  process, the trainer's included. A group reward's ``group_info`` keys become
+  ``<section>/group/...`` through ``group_metrics``.
 
 A family's validation reducer adds metrics per data source, next to verl's own
 ``val-aux/<data_source>/<key>/mean@N``: ``val-core/<data_source>/<name>`` for the headline
@@ -24,6 +25,8 @@ from numbers import Real
 from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
+
+from .group import GROUP_FIELDS
 
 GENERIC_SECTION = "reward_extra"
 
@@ -58,6 +61,13 @@ def register_family(family: MetricFamily) -> MetricFamily:
 
 def registered_families() -> list[MetricFamily]:
     return list(_FAMILIES.values())
+
+
+def group_metrics(columns: Columns, prefix: str, section: str) -> dict[str, float]:
+    """``<section>/group/<field>``: the mean over rollouts of each ``reward.group.group_info`` key
+    written under ``prefix`` (members per group; the shares of rollouts whose group was partial,
+    and by each cause, which add up to the partial share)."""
+    return {f"{section}/group/{field}": float(np.nanmean(columns[prefix + field])) for field in GROUP_FIELDS}
 
 
 def as_floats(values: Sequence | np.ndarray) -> np.ndarray | None:

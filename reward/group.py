@@ -12,16 +12,18 @@ reward with three functions, and the adapters run it in both verl reward APIs:
 - ``reward(own, group, rollout) -> score`` or ``(score, extra_info)``: runs in the reward
   worker, once per rollout, with its own contribution and the ``Group`` (the combined result,
   how many members it holds, and why it was combined when it was). ``extra_info`` is a flat
-  {name: number} mapping with the same keys for every rollout (verl takes the key set from
-  the first one).
+  {name: number} mapping with the same keys for every rollout: verl 0.9 takes a batch's key
+  set from its first rollout and fails on a later one that lacks a key. Declare the keys in
+  ``GroupReward(extra_keys=...)``; ``group_info(group)`` gives the group's own keys (members,
+  partial and its cause) to add to a reward's.
 
 ``reward.group_loop.GroupRewardManager`` (verl's reward loop, ``reward.reward_manager.name``)
 and ``reward.group_batch.GroupBatchRewardManager`` (the batch API of verl <= 0.7 forks) are
 subclassed with a ``name`` (the config block of options and the board's name) and a
 ``group_reward`` (a ``GroupReward``, or a function from the options block to one).
 Gathering across workers, timeouts, partial groups, validation group sizes, overflow relief,
-memory release and the never-raise rule are theirs, not the description's: ``SafeGroupReward``
-holds the never-raise rule both adapters share.
+memory release, the never-raise rule and the one key set of extra info are theirs, not the
+description's: ``SafeGroupReward`` holds the two rules both adapters share.
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ class Group(NamedTuple):
 
 # Why a group was combined before all its members arrived (``Group.reason`` of a partial group).
 PARTIAL_REASONS = ("timeout", "overflow", "unreachable")
+# What ``group_info`` reports of a rollout's group, each name after a reward's prefix.
+GROUP_FIELDS = ("members", "partial", *PARTIAL_REASONS)
+
+
+def group_keys(prefix: str = "group_") -> tuple[str, ...]:
+    """The extra-info keys ``group_info`` writes under ``prefix``, for a reward's ``extra_keys``."""
+    return tuple(prefix + field for field in GROUP_FIELDS)
+
+
+def group_info(group: Group, prefix: str = "group_") -> dict[str, float]:
+    """A rollout's group as extra info, for any reward to add to its own.
+
+    ``<prefix>members`` (the members gathered), ``<prefix>partial`` (0/1: combined before all
+    expected members arrived) and, 0/1 each, its cause: ``<prefix>timeout``, ``<prefix>overflow``
+    and ``<prefix>unreachable`` (see ``Group``); a rollout that needed no group reports 0s.
+    ``reward.extra_metrics.group_metrics`` turns these keys into step metrics.
+    """
+    causes = (group.reason == cause for cause in PARTIAL_REASONS)
+    return {key: float(value) for key, value in zip(group_keys(prefix), (group.members, group.partial, *causes))}
 
 
 @dataclass(frozen=True)
@@ -102,8 +123,11 @@ class GroupReward:
     rewarded at once with no group, e.g. a labelled row scored against its label); it must give
     the same answer for every rollout of a prompt. ``group_timeout_s``: how long a group that
     misses members waits, from its first member, before it is combined over those present.
-    ``extra_keys``: the keys of the reward's extra info, reported as 0.0 for a rollout whose
-    functions raised (if empty, the keys of the last rollout scored in the same process).
+    ``extra_keys``: the keys of the reward's extra info. Every rollout reports exactly these:
+    0.0 each for a rollout whose functions raised, and a ``reward`` that returns other keys has
+    them made to fit (a missing key 0.0, an unknown one dropped) with a warning. Left empty,
+    the keys of the first rollout scored in the process stand for them, with a warning, and a
+    rollout that fails before that one reports none.
     """
 
     contribute: Callable[[Rollout], Any]
@@ -233,13 +257,16 @@ class SafeGroupReward:
     A rollout whose ``contribute`` raised is sent as ``NO_CONTRIBUTION``; a rollout whose
     group failed to combine, whose ``reward`` raised or returned no finite number is scored
     0.0 with every extra-info key at 0.0, and the failure is logged (the first few times and
-    then every thousandth, so a systematic bug is seen without flooding the log).
+    then every thousandth, so a systematic bug is seen without flooding the log). Every
+    rollout's extra info has the same keys (``GroupReward.extra_keys``): verl 0.9 needs that.
     """
 
     def __init__(self, spec: GroupReward, name: str):
         self.spec, self.name = spec, name
         self.keys: tuple[str, ...] = tuple(spec.extra_keys)
+        self.key_set = frozenset(self.keys)
         self.failures = 0
+        self.warned: set[str] = set()
 
     def contribute(self, rollout: Rollout) -> Any:
         try:
@@ -277,9 +304,33 @@ class SafeGroupReward:
         except Exception:
             self.failed("reward")
             return self.fallback()
-        if not self.keys:
-            self.keys = tuple(info)
-        return score, info
+        return score, self.fit(info)
+
+    def fit(self, info: dict) -> dict:
+        """``info`` with exactly the reward's keys; a mismatch is warned about once per process."""
+        if not self.keys and info:
+            self.keys, self.key_set = tuple(info), frozenset(info)
+            self.warn_once(
+                "undeclared",
+                "%s: the reward's extra-info keys are not declared (GroupReward(extra_keys=...)): the keys of its "
+                "first rollout scored stand for them, and a rollout that fails before one succeeds in a process reports none",
+            )
+        if info.keys() == self.key_set:
+            return info
+        missing, unknown = [k for k in self.keys if k not in info], [k for k in info if k not in self.key_set]
+        self.warn_once(
+            "mismatch",
+            "%s: the reward returned extra-info keys other than its declared ones (verl needs the same keys for "
+            "every rollout): missing %s reported as 0.0, unknown %s dropped",
+            missing[:5],
+            unknown[:5],
+        )
+        return {key: info.get(key, 0.0) for key in self.keys}
+
+    def warn_once(self, kind: str, message: str, *args: Any) -> None:
+        if kind not in self.warned:
+            self.warned.add(kind)
+            logger.warning(message, self.name, *args)
 
     def fallback(self) -> tuple[float, dict]:
         return 0.0, dict.fromkeys(self.keys, 0.0)

@@ -13,34 +13,40 @@ Select it with ``reward.reward_manager.name=majority_vote`` (reward loop) or the
   no rollout answered has no pseudo-label.
 - Reward 1.0 when the rollout's answer equals the pseudo-label, else 0.0 (no answer: 0.0).
 - Extra info (``majority_vote/...``): ``majority_share`` (the pseudo-label's votes over the
-  group's members, answered or not), ``agreed``, ``answered``, ``group_members``, ``partial``,
-  and against ``reward_model.ground_truth`` (a text or a number; anything else, or an empty
-  text, is no ground truth): ``labelled``, ``label_accuracy`` (the pseudo-label equals the
-  normalised ground truth) and ``reward_accuracy`` (the reward equals the one the ground truth
-  would give), 0.0 on unlabelled rows, so their means over labelled rows are the sums divided
-  by the sum of ``labelled``. The ground truth never changes the reward.
+  group's members, answered or not), ``agreed``, ``answered``; against
+  ``reward_model.ground_truth`` (a text or a number; anything else, or an empty text, is no
+  ground truth): ``labelled``, ``label_accuracy`` (the pseudo-label equals the normalised ground
+  truth) and ``reward_accuracy`` (the reward equals the one the ground truth would give), 0.0
+  on unlabelled rows; and the group's ``group_info``: ``group_members``, ``group_partial`` and
+  its cause ``group_timeout``, ``group_overflow``, ``group_unreachable``. The ground truth
+  never changes the reward.
+- Step metrics (its ``MetricFamily``): ``majority_vote/<key>`` is the mean over rollouts of
+  ``majority_share``, ``agreed``, ``answered`` and ``labelled``, and over labelled rollouts only
+  (their sum over the sum of ``labelled``; absent when none is) of ``label_accuracy`` and
+  ``reward_accuracy``; ``majority_vote/group/<field>`` the mean of each group key.
 """
 
 from __future__ import annotations
 
 import numbers
 from collections import Counter
-from typing import Any
+from typing import Any, Collection
 
+import numpy as np
 from verl.experimental.reward_loop.reward_manager import register as register_loop
 from verl.utils.reward_score.math_reward import last_boxed_only_string, remove_boxed, strip_string
 from verl.workers.reward_manager import register as register_batch
 
-from .group import Group, GroupReward, Rollout
+from .extra_metrics import Columns, MetricFamily, group_metrics, register_family
+from .group import Group, GroupReward, Rollout, group_info, group_keys
 from .group_batch import GroupBatchRewardManager
 from .group_loop import GroupRewardManager
 
-EXTRA_KEYS = tuple(
-    f"majority_vote/{k}"
-    for k in (
-        "majority_share", "agreed", "answered", "group_members", "partial", "labelled", "label_accuracy", "reward_accuracy"
-    )
-)
+SECTION = "majority_vote"
+PER_ROLLOUT = tuple(f"{SECTION}/{k}" for k in ("majority_share", "agreed", "answered", "labelled"))
+PER_LABELLED = tuple(f"{SECTION}/{k}" for k in ("label_accuracy", "reward_accuracy"))  # 0.0 when unlabelled
+GROUP_PREFIX = f"{SECTION}/group_"
+EXTRA_KEYS = (*PER_ROLLOUT, *PER_LABELLED, *group_keys(GROUP_PREFIX))
 
 
 def normalise(answer: str) -> str | None:
@@ -94,16 +100,30 @@ def reward(own: str | None, group: Group, rollout: Rollout) -> tuple[float, dict
         votes / group.members if group.members else 0.0,
         float(agreed),
         float(own is not None),
-        float(group.members),
-        float(group.partial),
         float(labelled),
         float(labelled and label == truth),
         float(labelled and score == gold_score),
     )
-    return score, dict(zip(EXTRA_KEYS, values))
+    return score, {**dict(zip(PER_ROLLOUT + PER_LABELLED, values)), **group_info(group, GROUP_PREFIX)}
 
 
 MAJORITY_VOTE = GroupReward(contribute, combine, reward, extra_keys=EXTRA_KEYS)
+
+
+def claims(keys: Collection[str]) -> tuple[str, ...]:
+    return EXTRA_KEYS if set(EXTRA_KEYS) <= set(keys) else ()
+
+
+def step(cols: Columns) -> dict[str, float]:
+    """Means over rollouts, but the accuracies over labelled rollouts only (see the module docstring)."""
+    out = {key: float(np.nanmean(cols[key])) for key in PER_ROLLOUT}
+    labelled = float(np.nansum(cols[f"{SECTION}/labelled"]))
+    if labelled:
+        out.update({key: float(np.nansum(cols[key])) / labelled for key in PER_LABELLED})
+    return {**out, **group_metrics(cols, GROUP_PREFIX, SECTION)}
+
+
+FAMILY = register_family(MetricFamily(SECTION, claims, step))
 
 
 @register_loop("majority_vote")

@@ -15,9 +15,15 @@ from verl_confprofile.scoring import RolloutReward, rollout_reward, targets
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import Vote
 
-from .group import PARTIAL_REASONS
 from .group import VAL_SPLITS, is_validation  # noqa: F401  (the split rule is the group mechanism's)
+from .group import Group, group_info, group_keys
 from .options import Options
+
+# The per-dimension fields of the extra info, ``<dim>/<field>`` (see ``extra_info``).
+FIELDS = (
+    "well_formed", "agree", "weight", "na", "ref_missing", "margin", "share",
+    "labelled", "label_match", "gold", "answered", "correct",
+)  # fmt: skip
 
 
 def labels_of(ground_truth: Any) -> dict | None:
@@ -52,19 +58,21 @@ def score_row(
     labels: Mapping | None,
     row_extra_info: Any,
     options: Options,
-    *,
-    members: int,
-    partial: bool,
-    reason: str | None,
+    group: Group,
 ) -> tuple[float, dict[str, float]]:
     """Eq. 7-8 for one rollout of a row against its group's votes, and its reward_extra_info.
 
     Both managers score through this, whether the group was voted on the board or in the batch;
-    ``members``, ``partial`` and ``reason`` are the group's (``reward.group.Group``).
+    ``group`` is the rollout's (its ``result`` is not read: the votes are given).
     """
     tax, spec = options.taxonomy, options.spec
     reward = rollout_reward(parsed, targets(votes, labels, spec, tax), ref_confidence_of(row_extra_info), spec, tax)
-    return reward.total, extra_info(reward, votes, labels, tax, members=members, partial=partial, reason=reason)
+    return reward.total, extra_info(reward, votes, labels, tax, group)
+
+
+def extra_keys(taxonomy: Taxonomy) -> tuple[str, ...]:
+    """The keys ``extra_info`` writes for a taxonomy, in its order: what the reward declares."""
+    return (*(f"{d.key}/{field}" for d in taxonomy for field in FIELDS), *group_keys())
 
 
 def extra_info(
@@ -72,12 +80,9 @@ def extra_info(
     votes: Mapping[str, Vote],
     labels: Mapping | None,
     taxonomy: Taxonomy,
-    *,
-    members: int,
-    partial: bool,
-    reason: str | None,
+    group: Group,
 ) -> dict[str, float]:
-    """``reward_extra_info`` of one rollout: flat numeric keys, identical for every rollout.
+    """``reward_extra_info`` of one rollout: flat numeric keys, identical for every rollout (``extra_keys``).
 
     Keys carry no section of their own: verl files validation values under the data source
     (``val-aux/<data_source>/<key>/mean@N``) and the training-step metrics under ``confprofile/``
@@ -96,10 +101,10 @@ def extra_info(
       scored without a vote (all its labels are targets, ``use_labels=when_present``) is
       predicted by the rollout's own answer, whose agreement with that target is ``agree``.
 
-    Per rollout: group_members (members voted), group_partial (voted before all expected
-    members arrived) and, 0/1 each, its cause: group_timeout (members missing after
-    group_timeout_s), group_overflow (voted early to free a reward worker's call slots) and
-    group_unreachable (the vote board failed: voted alone).
+    Per rollout, the group mechanism's ``group_info``: group_members (members voted),
+    group_partial (voted before all expected members arrived) and, 0/1 each, its cause:
+    group_timeout (members missing after group_timeout_s), group_overflow (voted early to free a
+    reward worker's call slots) and group_unreachable (the vote board failed: voted alone).
     """
     info: dict[str, float] = {}
     for dim in taxonomy:
@@ -119,14 +124,11 @@ def extra_info(
         info[prefix + "na"] = float(part.is_na)
         info[prefix + "ref_missing"] = float(part.ref_missing)
         info[prefix + "margin"] = float(vote.margin) if vote else 0.0
-        info[prefix + "share"] = vote.votes / members if vote and members else 0.0
+        info[prefix + "share"] = vote.votes / group.members if vote and group.members else 0.0
         info[prefix + "labelled"] = float(label is not None and vote is not None)
         info[prefix + "label_match"] = float(label is not None and vote is not None and vote.tag == label)
         info[prefix + "gold"] = float(label is not None and label != dim.na)
         info[prefix + "answered"] = float(answered)
         info[prefix + "correct"] = float(correct)
-    info["group_members"] = float(members)
-    info["group_partial"] = float(partial)
-    for cause in PARTIAL_REASONS:
-        info[f"group_{cause}"] = float(reason == cause)
+    info.update(group_info(group))
     return info

@@ -19,6 +19,7 @@ from verl_confprofile.reward.extra_metrics import (
     step_metrics,
     validation_metrics,
 )
+from verl_confprofile.reward.group import Group
 from verl_confprofile.reward.options import read_options
 from verl_confprofile.reward.rows import score_row
 from verl_confprofile.taxonomy import Taxonomy
@@ -253,7 +254,8 @@ def test_validation_metrics_equal_confprofile_eval(tmp_path, taxonomy_file):
         parsed = [parse_profile(t, tax) for t in texts]
         votes = vote_profile(parsed, tax, options.spec.voting)
         for p in parsed:
-            _, info = score_row(p, votes, labels, {"split": "val"}, options, members=len(parsed), partial=False, reason="complete")
+            group = Group(None, len(parsed), len(parsed), False, "complete")
+            _, info = score_row(p, votes, labels, {"split": "val"}, options, group)
             sources.append("confprofile"), uids.append(user), infos.append(info)
     got = validation_metrics(sources, uids, {k: [i[k] for i in infos] for k in infos[0]})
 

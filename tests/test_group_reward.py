@@ -5,12 +5,21 @@ whose functions fail on purpose.
 """
 
 import asyncio
+import logging
 import pickle
 
 import pytest
 
 from test_vote_board import clients
-from verl_confprofile.reward.group import NO_CONTRIBUTION, Group, GroupReward, Rollout, SafeGroupReward, describe
+from verl_confprofile.reward.group import (
+    NO_CONTRIBUTION,
+    Group,
+    GroupReward,
+    Rollout,
+    SafeGroupReward,
+    describe,
+    group_info,
+)
 from verl_confprofile.reward.group_batch import GroupBatchRewardManager
 from verl_confprofile.reward.local_loop import rollout_batch
 from verl_confprofile.reward.vote_board import VoteBoard
@@ -83,11 +92,61 @@ def test_board_survives_a_failing_combine():
     assert stats["combine_errors"] == 2 and stats["groups_complete"] == 3
 
 
-def test_safe_reward_learns_keys_for_the_fallback():
+COMPLETE = Group(3, 1, 1, False, "complete")
+
+
+def warnings_of(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "verl_confprofile.reward.group"]
+
+
+def test_safe_reward_learns_undeclared_keys_and_says_so(caplog):
     safe = SafeGroupReward(FRAGILE, "fragile")
     assert safe.fallback() == (0.0, {})  # nothing scored yet, no extra_keys declared
-    assert safe.score(3, Group(3, 1, 1, False, "complete"), Rollout({}, "abc")) == (1.0, {"longest": 1.0})
+    with caplog.at_level(logging.WARNING):
+        assert safe.score(3, COMPLETE, Rollout({}, "abc")) == (1.0, {"longest": 1.0})
+        assert safe.score(3, COMPLETE, Rollout({}, "abc")) == (1.0, {"longest": 1.0})
     assert safe.fallback() == (0.0, {"longest": 0.0})
+    (message,) = warnings_of(caplog)  # once, not per rollout
+    assert message.startswith("fragile: the reward's extra-info keys are not declared (GroupReward(extra_keys=...))")
+
+
+def test_declared_keys_are_reported_whatever_the_reward_returns(caplog):
+    # Declared: longest, short. The fallback has both from the start; a reward returning
+    # {"longest", "other"} is made to fit: longest kept, short 0.0, other dropped, warned once.
+    def odd(own, group, rollout):
+        return 1.0, {"other": 5.0, "longest": 1.0}
+
+    safe = SafeGroupReward(GroupReward(contribute, combine, odd, extra_keys=("longest", "short")), "odd")
+    assert safe.fallback() == (0.0, {"longest": 0.0, "short": 0.0})
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert safe.score(3, COMPLETE, Rollout({}, "abc")) == (1.0, {"longest": 1.0, "short": 0.0})
+    (message,) = warnings_of(caplog)
+    assert "missing ['short'] reported as 0.0, unknown ['other'] dropped" in message
+    assert safe.failures == 0  # a key mismatch is not a failed rollout: its score stands
+
+
+def test_declared_keys_returned_as_declared_are_left_alone(caplog):
+    safe = SafeGroupReward(GroupReward(contribute, combine, reward, extra_keys=("longest",)), "fragile")
+    with caplog.at_level(logging.WARNING):
+        assert safe.score(3, COMPLETE, Rollout({}, "abc")) == (1.0, {"longest": 1.0})
+    assert warnings_of(caplog) == []
+
+
+def test_group_info_reports_the_cause_of_a_partial_group():
+    # 3 of 4 members, combined early to relieve a worker: partial, cause overflow
+    assert group_info(Group(None, 3, 4, True, "overflow"), "mine/group_") == {
+        "mine/group_members": 3.0,
+        "mine/group_partial": 1.0,
+        "mine/group_timeout": 0.0,
+        "mine/group_overflow": 1.0,
+        "mine/group_unreachable": 0.0,
+    }
+    # a complete group, and no group at all (needs_group false): no cause
+    assert group_info(Group(None, 4, 4, False, "complete")) == {
+        "group_members": 4.0, "group_partial": 0.0, "group_timeout": 0.0, "group_overflow": 0.0, "group_unreachable": 0.0
+    }  # fmt: skip
+    assert group_info(Group(None, 0, 4, False, None))["group_members"] == 0.0
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def reward(own, group, rollout):  # each rollout: its own contribution against t
 
 class ShortCorrect(GroupRewardManager):
     name = "short_correct"  # options come from a `short_correct:` block (group_timeout_s)
-    group_reward = GroupReward(contribute, combine, reward)
+    group_reward = GroupReward(contribute, combine, reward, extra_keys=("short_correct/short",))
 # --- end of the example ---
 
 

@@ -3,7 +3,8 @@
 Hand-built math groups of four; answers are normalised by verl's ``strip_string``, which
 equates \\frac12, \\frac{1}{2}, \\dfrac{1}{2}, 0.5 and 1/2, drops spaces and a leading "x=",
 but keeps 0.50 apart from 0.5. The pseudo-label is the most frequent answer, ties to the
-smallest in code-point order; reward 1.0 for agreeing with it, else 0.0.
+smallest in code-point order; reward 1.0 for agreeing with it, else 0.0. The step metrics are
+those verl's trainers log through the package's metrics hook (``step_metrics`` of the columns).
 """
 
 import random
@@ -11,11 +12,16 @@ import random
 import pytest
 import ray
 
+from verl_confprofile.reward.extra_metrics import step_metrics
 from verl_confprofile.reward.local_loop import LocalRewardLoop, Rollout, compose_ppo_config, rollout_batch, stream_item
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
-KEYS = ("majority_share", "agreed", "answered", "group_members", "partial", "labelled", "label_accuracy", "reward_accuracy")
+CAUSES = ("timeout", "overflow", "unreachable")
+KEYS = (
+    "majority_share", "agreed", "answered", "labelled", "label_accuracy", "reward_accuracy",
+    "group_members", "group_partial", *(f"group_{c}" for c in CAUSES),
+)  # fmt: skip
 
 GROUPS = {
     # Answers \frac{1}{2}, \frac{1}{2}, 0.50, \frac{1}{2} -> label \frac{1}{2} with 3 of 4 (share 0.75).
@@ -73,7 +79,13 @@ def check(results):
             assert i["majority_vote/label_accuracy"] == LABEL_ACCURACY[g]
             assert i["majority_vote/reward_accuracy"] == REWARD_ACCURACY[g]
             assert i["majority_vote/labelled"] == LABELLED[g]
-            assert i["majority_vote/group_members"] == 4.0 and i["majority_vote/partial"] == 0.0
+            assert i["majority_vote/group_members"] == 4.0 and i["majority_vote/group_partial"] == 0.0
+            assert all(i[f"majority_vote/group_{c}"] == 0.0 for c in CAUSES)
+
+
+def columns(results):
+    """The reward_extra_info columns of a batch, as the trainers hand them to the metrics hook."""
+    return {k: [r["reward_extra_info"][k] for r in results] for k in results[0]["reward_extra_info"]}
 
 
 def overrides(tokenizer_dir, workers=2, timeout="3"):
@@ -114,7 +126,27 @@ def test_plugin_registers_majority_vote_in_both_apis():
 
 
 def test_chunked_path_hand_worked(loop, qwen_tokenizer):
-    check(loop.score_chunked(rollout_batch(qwen_tokenizer, rollouts(tag="chunked"))))
+    results = loop.score_chunked(rollout_batch(qwen_tokenizer, rollouts(tag="chunked")))
+    check(results)
+    # The step's metrics over the 16 rollouts: means over rollouts, but the accuracies over the
+    # 12 labelled ones (A, B, D): label_accuracy 4 (A) / 12, reward_accuracy 8 (A, D) / 12, where
+    # means over all rows would say 4/16 and 8/16. Shares (4*0.75 + 4*0.5 + 4*0.25 + 0) / 16,
+    # agreed (3+2+1+0) / 16, answered (4+4+1+0) / 16, labelled 12/16; every group complete.
+    assert step_metrics(columns(results)) == pytest.approx(
+        {
+            "majority_vote/majority_share": 6 / 16,
+            "majority_vote/agreed": 6 / 16,
+            "majority_vote/answered": 9 / 16,
+            "majority_vote/labelled": 12 / 16,
+            "majority_vote/label_accuracy": 4 / 12,
+            "majority_vote/reward_accuracy": 8 / 12,
+            "majority_vote/group/members": 4.0,
+            "majority_vote/group/partial": 0.0,
+            "majority_vote/group/timeout": 0.0,
+            "majority_vote/group/overflow": 0.0,
+            "majority_vote/group/unreachable": 0.0,
+        }
+    )
 
 
 def test_streaming_path_hand_worked_in_any_order(loop, qwen_tokenizer):
@@ -129,8 +161,20 @@ def test_missing_member_is_combined_after_timeout(loop, qwen_tokenizer):
     results = loop.score_streaming([stream_item(qwen_tokenizer, r) for r in rollouts(part, "partial")])
     assert [r["reward_score"] for r in results] == [0.0, 1.0, 1.0]
     info = [r["reward_extra_info"] for r in results]
-    assert all(i["majority_vote/partial"] == 1.0 and i["majority_vote/group_members"] == 3.0 for i in info)
+    assert all(i["majority_vote/group_partial"] == 1.0 and i["majority_vote/group_members"] == 3.0 for i in info)
     assert all(i["majority_vote/majority_share"] == pytest.approx(2 / 3) for i in info)
+    # the cause is reported: a timeout, not an overflow or an unreachable board
+    assert [[i[f"majority_vote/group_{c}"] for c in CAUSES] for i in info] == [[1.0, 0.0, 0.0]] * 3
+    metrics = step_metrics(columns(results))
+    assert {k: v for k, v in metrics.items() if k.startswith("majority_vote/group/")} == {
+        "majority_vote/group/members": 3.0,
+        "majority_vote/group/partial": 1.0,
+        "majority_vote/group/timeout": 1.0,
+        "majority_vote/group/overflow": 0.0,
+        "majority_vote/group/unreachable": 0.0,
+    }
+    # labelled (ground truth 7), the label 12 is wrong; the gold rewards 1, 0, 0 differ from 0, 1, 1
+    assert metrics["majority_vote/label_accuracy"] == 0.0 and metrics["majority_vote/reward_accuracy"] == 0.0
 
 
 def test_batch_api_same_groups_in_any_row_order(qwen_tokenizer):

@@ -82,6 +82,42 @@ def test_legacy_step_metrics_add_keys_and_change_nothing_of_verl():
     assert not any("index" in k or "uid" in k for k in got)  # dataset columns are not reward extra info
 
 
+def test_majority_vote_accuracies_are_over_labelled_rollouts_in_the_logged_metrics():
+    # 4 rollouts, 2 labelled: label_accuracy 1, 0 and reward_accuracy 1, 1 on those (0.0 on the
+    # unlabelled ones, as majority_vote writes them): 1/2 and 2/2, where means of rows say 1/4, 2/4.
+    # Group A (rows 1-2) timed out with 2 of 4 members, B (rows 3-4) complete with 4.
+    extra = {
+        "majority_vote/majority_share": [0.5, 0.5, 0.75, 0.75],
+        "majority_vote/agreed": [1.0, 0.0, 1.0, 1.0],
+        "majority_vote/answered": [1.0, 1.0, 1.0, 0.0],
+        "majority_vote/labelled": [1.0, 1.0, 0.0, 0.0],
+        "majority_vote/label_accuracy": [1.0, 0.0, 0.0, 0.0],
+        "majority_vote/reward_accuracy": [1.0, 1.0, 0.0, 0.0],
+        "majority_vote/group_members": [2.0, 2.0, 4.0, 4.0],
+        "majority_vote/group_partial": [1.0, 1.0, 0.0, 0.0],
+        "majority_vote/group_timeout": [1.0, 1.0, 0.0, 0.0],
+        "majority_vote/group_overflow": [0.0] * 4,
+        "majority_vote/group_unreachable": [0.0] * 4,
+    }
+    got = ray_trainer.compute_data_metrics(batch=legacy_batch(extra), use_critic=False)
+    assert {k: v for k, v in got.items() if k.startswith("majority_vote/")} == pytest.approx(
+        {
+            "majority_vote/majority_share": 0.625,
+            "majority_vote/agreed": 0.75,
+            "majority_vote/answered": 0.75,
+            "majority_vote/labelled": 0.5,
+            "majority_vote/label_accuracy": 0.5,
+            "majority_vote/reward_accuracy": 1.0,
+            "majority_vote/group/members": 3.0,
+            "majority_vote/group/partial": 0.5,
+            "majority_vote/group/timeout": 0.5,
+            "majority_vote/group/overflow": 0.0,
+            "majority_vote/group/unreachable": 0.0,
+        }
+    )
+    assert not any(k.startswith("reward_extra/") for k in got)  # every key of majority_vote's is claimed
+
+
 def test_validation_metrics_in_both_trainers():
     uids, cols = validation_columns()
     sources = np.array(["profiles"] * len(uids), dtype=object)

@@ -27,6 +27,7 @@ from verl_confprofile.cli import main
 from verl_confprofile.profile_format import parse_profile
 from verl_confprofile.reward.confprofile_metrics import FIELDS
 from verl_confprofile.reward.extra_metrics import step_metrics
+from verl_confprofile.reward.group import Group
 from verl_confprofile.reward.options import read_options
 from verl_confprofile.reward.rows import labels_of, score_row
 from verl_confprofile.voting import vote_profile
@@ -58,9 +59,10 @@ def recompute_step(lines: list[dict], rows: list[dict], options) -> dict[str, fl
         parsed = [parse_profile(m["output"], tax) for m in members]
         votes = vote_profile(parsed, tax, options.spec.voting)
         labels = labels_of(row["reward_model"]["ground_truth"])
+        group = Group(None, len(members), len(members), False, "complete")
         for member, p in zip(members, parsed):
             # every group voted complete (the caller checks the logged partial share is 0)
-            total, info = score_row(p, votes, labels, row["extra_info"], options, members=len(members), partial=False, reason="complete")
+            total, info = score_row(p, votes, labels, row["extra_info"], options, group)
             assert total == pytest.approx(member["score"], abs=1e-5)  # the reward verl trained on
             infos.append(info)
     return step_metrics({k: [i[k] for i in infos] for k in infos[0]})
