@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import random
 
-from verl_confprofile.jsonl import STRICT_HELP, InputError
+from verl_confprofile.jsonl import DROP_TRUNCATED_HELP, STRICT_HELP, InputError
 from verl_confprofile.taxonomy import Taxonomy
 from verl_confprofile.voting import VOTING_METHODS
 
@@ -24,6 +24,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-length", type=int, metavar="N", help="fit every prompt within N tokens by dropping keyphrases")
     parser.add_argument("--engine", choices=ENGINES, default="local", help="where the per-user stages run (default: local)")
     parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    parser.add_argument("--drop-truncated", action="store_true", help=DROP_TRUNCATED_HELP)
 
 
 def prompt_budget(tokenizer: str | None, max_prompt_length: int | None, *, tokenizer_used: bool = False) -> PromptBudget | None:
@@ -62,6 +63,7 @@ def common_options(args: argparse.Namespace, tokenizer_used: bool = False) -> di
         "budget": prompt_budget(args.tokenizer, args.max_prompt_length, tokenizer_used=tokenizer_used),
         "engine": args.engine,
         "strict": args.strict,
+        "drop_truncated": args.drop_truncated,
     }
 
 

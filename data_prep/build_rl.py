@@ -30,7 +30,7 @@ from collections import Counter
 
 from verl_confprofile.calibration import LEVELS, Calibrator
 from verl_confprofile.gc_pause import cyclic_gc_paused
-from verl_confprofile.jsonl import write_json
+from verl_confprofile.jsonl import truncation_summary, write_json
 from verl_confprofile.output_guard import declare
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
     counts = report["counts"]
     print(
         f"build-rl: {counts['rows']} train + {counts['val_rows']} val rows of {counts['users_kept']} eligible users, shape {args.shape} "
-        f"(left out: {left_out(report)}; {prompt_summary(report['prompts'])}) -> {args.out}"
+        f"(left out: {left_out(report)}; {truncation_summary(report['truncated_samples'])}; {prompt_summary(report['prompts'])}) -> {args.out}"
     )
 
 
@@ -113,12 +113,13 @@ def build_rl(
     budget: PromptBudget | None = None,
     engine: str = "local",
     strict: bool = False,
+    drop_truncated: bool = False,
 ) -> dict:
     """Build rl_train.parquet (and rl_val.parquet) in ``out``; return the report (also written to report.json)."""
     check_val_fraction(val_fraction)
     calibrator = Calibrator.load_for(calibration, taxonomy.keys)
     weights = difficulty.parse_shape(shape)
-    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict)
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict, drop_truncated)
     refs = [ref_confidence(v, calibrator) for v in prep.votes]
     means = [difficulty.aggregate_confidence(r.values()) for r in refs]
     levels, cuts = difficulty.difficulty_levels(means)
@@ -157,7 +158,7 @@ def build_rl(
         report = {
             "command": "build-rl",
             "inputs": {"records": records, "samples": samples, "calibration": calibration, "taxonomy": taxonomy.source},
-            "options": {"voting": voting, "shape": shape, "size": size, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict},
+            "options": {"voting": voting, "shape": shape, "size": size, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict, "drop_truncated": drop_truncated},
             "counts": {
                 **prep.counts,
                 "rows": len(splits["train"]),
@@ -167,6 +168,7 @@ def build_rl(
                 "labels_outside_taxonomy": outside,
             },
             "skipped": prep.skips.to_dict(),
+            "truncated_samples": prep.truncation(),
             "prompts": prompt_report(prep, budget),
             "difficulty": {
                 "aggregation": "mean of the per-dimension reference confidence levels, equal-frequency levels over the pool",

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from verl_confprofile.calibration import LEVELS, Calibrator
 from verl_confprofile.gc_pause import cyclic_gc_paused
-from verl_confprofile.jsonl import write_json
+from verl_confprofile.jsonl import truncation_summary, write_json
 from verl_confprofile.output_guard import declare
 from verl_confprofile.profile_format import render_profile
 from verl_confprofile.tally import UserVote
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> None:
         f"rows: longest {rows['longest_row_tokens']} tokens (limit {rows['max_length']})")
     print(
         f"build-sft: {counts['train_rows']} train + {counts['val_rows']} val rows from {counts['users_with_samples']} users "
-        f"with samples (left out: {left_out(report)}; {prompt_summary(report['prompts'])}; {length}) -> {args.out}"
+        f"with samples (left out: {left_out(report)}; {truncation_summary(report['truncated_samples'])}; "
+        f"{prompt_summary(report['prompts'])}; {length}) -> {args.out}"
     )
 
 
@@ -120,6 +121,7 @@ def build_sft(
     budget: PromptBudget | None = None,
     engine: str = "local",
     strict: bool = False,
+    drop_truncated: bool = False,
     max_length: int | None = None,
     tokenizer: str | None = None,
 ) -> dict:
@@ -134,7 +136,7 @@ def build_sft(
     tokenizer = tokenizer or (budget.tokenizer if budget else None)
     if max_length is not None and (max_length <= 0 or tokenizer is None):
         raise ValueError(f"--max-length must be positive and needs --tokenizer, got {max_length}")
-    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict)
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict, drop_truncated)
     calibrator = fit_calibrator(prep.votes, taxonomy, calibrate)
     val = val_users(len(prep.votes), val_fraction, seed)
     stats = _DimensionStats(taxonomy)
@@ -164,9 +166,10 @@ def build_sft(
         report = {
             "command": "build-sft",
             "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
-            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict},
+            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict, "drop_truncated": drop_truncated},
             "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
             "skipped": prep.skips.to_dict(),
+            "truncated_samples": prep.truncation(),
             "prompts": prompt_report(prep, budget),
             "rows": {
                 "max_length": max_length,

@@ -22,7 +22,7 @@ import pickle
 from functools import partial
 from typing import Callable, Sequence, TypeVar
 
-from verl_confprofile.jsonl import InputError, SampleEvent, duplicate_event, iter_lines
+from verl_confprofile.jsonl import InputError, SampleEvent, duplicate_event, iter_lines, truncated_event
 from verl_confprofile.profile_format import profile_parser
 from verl_confprofile.tally import UserTally
 
@@ -50,7 +50,7 @@ class LocalEngine:
         events: list[SampleEvent] = []
         lines = 0
         for lineno, line in iter_lines(path):
-            got = read_sample(line, path, lineno, users)
+            got = read_sample(line, path, lineno, users, job.drop_truncated)
             if got is None:
                 continue
             lines += 1
@@ -59,12 +59,15 @@ class LocalEngine:
                     raise got.error()
                 events.append(got)
                 continue
-            order, idx, text = got
+            order, idx, text, truncated = got
             tally = tallies.get(order)
             if tally is None:
                 tally = tallies[order] = UserTally(taxonomy)
             first = tally.add_text(idx, lineno, text)
-            if first is not None:
+            if first is None:
+                if truncated:
+                    events.append(truncated_event(path, lineno, idx, job.user_ids[order], kept=True))
+            else:
                 event = duplicate_event(path, lineno, idx, job.user_ids[order], first)
                 if event.fatal(job.strict):
                     raise event.error()
@@ -110,15 +113,15 @@ def _parse_chunk(chunk: dict, job: VoteJob) -> list[dict]:
     """Ray task: the samples of one byte range as rows keyed by record order (-1: a line left out)."""
     users, parse, rows = job.users, profile_parser(job.taxonomy), []
     for lineno, line in iter_lines(job.samples, chunk["start"], chunk["end"], chunk["first_line"]):
-        got = read_sample(line, job.samples, lineno, users)
+        got = read_sample(line, job.samples, lineno, users, job.drop_truncated)
         if got is None:
             continue
         if type(got) is SampleEvent:
             rows.append({"order": -1, "line": lineno, "payload": pickle.dumps(tuple(got))})
         else:
-            order, idx, text = got
+            order, idx, text, truncated = got
             outputs = [tuple(o[:3]) for o in parse(text).values()]
-            rows.append({"order": order, "line": lineno, "payload": pickle.dumps((idx, outputs))})
+            rows.append({"order": order, "line": lineno, "payload": pickle.dumps((idx, outputs, truncated))})
     return rows
 
 
@@ -131,10 +134,12 @@ def _vote_group(batch: dict, job: VoteJob) -> dict:
         return {"order": [order], "lines": [len(ranked)], "vote": [b""], "events": [pickle.dumps(events)]}
     tally, events, user_id = UserTally(job.taxonomy), [], job.user_ids[order]
     for lineno, payload in ranked:
-        idx, outputs = pickle.loads(payload)
+        idx, outputs, truncated = pickle.loads(payload)
         first = tally.add(idx, lineno, outputs)
         if first is not None:
             events.append(duplicate_event(job.samples, lineno, idx, user_id, first))
+        elif truncated:
+            events.append(truncated_event(job.samples, lineno, idx, user_id, kept=True))
     result = pickle.dumps(tally.finish(user_id, job.taxonomy, job.voting))
     return {"order": [order], "lines": [len(ranked)], "vote": [result], "events": [pickle.dumps(events)]}
 

@@ -2,7 +2,8 @@
 vote and its prompt, and a count of everything left out and why.
 
 The vote and prompt stages run on an engine (``engine``); what is left out is counted in a
-``SkipLog`` and shown as warnings. The builds then do their global steps on the result.
+``SkipLog`` and shown as warnings, and so are the samples cut at the token limit that are
+voted (``truncated``). The builds then do their global steps on the result.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from verl_confprofile.jsonl import SkipLog
+from verl_confprofile.jsonl import SkipLog, truncation_report
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
@@ -29,7 +30,13 @@ class Prepared:
     votes: list[UserVote]
     prompts: list[PromptFit]
     skips: SkipLog
+    truncated: SkipLog  # samples cut at the token limit and voted (kept)
     counts: dict
+    drop_truncated: bool = False
+
+    def truncation(self) -> dict:
+        """The ``truncated_samples`` section of the report (``jsonl.truncation_report``)."""
+        return truncation_report(self.skips, self.truncated, self.drop_truncated)
 
 
 def prepare(
@@ -40,6 +47,7 @@ def prepare(
     budget: PromptBudget | None,
     engine: Engine,
     strict: bool = False,
+    drop_truncated: bool = False,
 ) -> Prepared:
     """Read the records, vote every user's samples, fit every prompt; count what is left out.
 
@@ -50,7 +58,9 @@ def prepare(
     users without a kept record, repeated (user_id, sample_idx) (the first occurrence is used),
     users without samples, users whose prompt cannot fit; and values dropped from records
     (``empty_keyphrase``, ``non_text_keyphrase``, ``empty_demographic``: see records). With
-    ``strict``, broken and repeated sample lines are errors too.
+    ``strict``, broken and repeated sample lines are errors too. Samples cut at the token limit
+    (finish_reason "length") are voted and counted in ``Prepared.truncated``, or, with
+    ``drop_truncated``, skipped (``truncated_sample``).
     """
     record_set = read_records(records_path)
     skips = SkipLog()
@@ -59,9 +69,10 @@ def prepare(
     for reason, n in record_set.dropped.items():
         skips.add(reason, f"{record_set.dropped_examples[reason]}: {reason.replace('_', ' ')} dropped from the record", n)
     records = record_set.records
-    stage = engine.vote(VoteJob(samples_path, taxonomy, voting, tuple(records), strict))
+    stage = engine.vote(VoteJob(samples_path, taxonomy, voting, tuple(records), strict, drop_truncated))
+    truncated = SkipLog()
     for event in stage.events:
-        skips.add(event.reason, event.message)
+        (truncated if event.kept else skips).add(event.reason, event.message)
     voted = {v.user_id for v in stage.votes}
     for user_id in records:
         if user_id not in voted:
@@ -87,7 +98,7 @@ def prepare(
         "users_with_samples": len(stage.votes),
         "users_kept": len(kept_votes),
     }
-    return Prepared(kept_records, kept_votes, kept_fits, skips, counts)
+    return Prepared(kept_records, kept_votes, kept_fits, skips, truncated, counts, drop_truncated)
 
 
 def prompt_report(prepared: Prepared, budget: PromptBudget | None) -> dict:

@@ -1,7 +1,8 @@
 """The per-sample and per-user transforms of build-sft and build-rl, whichever engine runs them.
 
-A samples-file line becomes, with ``read_sample``, the raw text of one sample of a kept user,
-or a ``jsonl.SampleEvent`` (a counted skip or an error). A user's samples are parsed and
+A samples-file line becomes, with ``read_sample``, the raw text of one sample of a kept user
+(and whether it was cut at the token limit), or a ``jsonl.SampleEvent`` (a counted skip or an
+error). A user's samples are parsed and
 folded, in any order, into a ``tally.UserTally``, which finishes into the user's ``UserVote``.
 ``VoteJob`` is what a vote stage is given and ``VoteStage`` what it returns (see ``engine``
 for where the stage runs).
@@ -11,26 +12,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from verl_confprofile.jsonl import SampleEvent, sample_line
+from verl_confprofile.jsonl import SampleEvent, sample_line, truncated_event
 from verl_confprofile.tally import UserVote
 from verl_confprofile.taxonomy import Taxonomy
 
 
-def read_sample(line: bytes, path: str, lineno: int, users: dict[str, int]) -> tuple[int, int, str] | SampleEvent | None:
-    """One samples-file line -> (record order, sample_idx, raw text) of a kept user's sample, a
-    SampleEvent, or None for a blank line.
+def read_sample(
+    line: bytes, path: str, lineno: int, users: dict[str, int], drop_truncated: bool = False
+) -> tuple[int, int, str, bool] | SampleEvent | None:
+    """One samples-file line -> (record order, sample_idx, raw text, truncated) of a kept user's
+    sample, a SampleEvent, or None for a blank line.
 
     The line is read by ``jsonl.sample_line`` (the policy every command shares); a sample of a
-    user without a kept record is a counted skip too.
+    user without a kept record is a counted skip too, and so, with ``drop_truncated``, is a
+    sample cut at the token limit.
     """
     got = sample_line(line, path, lineno)
     if got is None or type(got) is SampleEvent:
         return got
-    user, idx, text = got
+    user, idx, text, truncated = got
     order = users.get(user)
     if order is None:
         return SampleEvent(lineno, "unknown_user", f"{path}:{lineno}: user {user!r} has no usable record; sample skipped")
-    return order, idx, text
+    if truncated and drop_truncated:
+        return truncated_event(path, lineno, idx, user, kept=False)
+    return order, idx, text, truncated
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class VoteJob:
     voting: str
     user_ids: tuple[str, ...]
     strict: bool = False  # broken and repeated sample lines are errors, not counted skips
+    drop_truncated: bool = False  # samples cut at the token limit are skipped, not voted
 
     @property
     def users(self) -> dict[str, int]:
@@ -50,7 +57,8 @@ class VoteJob:
 
 @dataclass
 class VoteStage:
-    """Votes of the users that have samples (record order) and the sample lines left out (line order)."""
+    """Votes of the users that have samples (record order) and the sample lines left out or
+    voted but reported (truncated samples, ``SampleEvent.kept``), in line order."""
 
     votes: list[UserVote]
     lines: int  # non-blank lines of the samples file

@@ -257,6 +257,44 @@ def test_bad_inputs_are_counted_and_named(small, tmp_path, capsys):
     assert [r["extra_info"]["ref_confidence"] for r in rows_of(out)] == [REF["r1"], REF["r2"], REF["r3"]]
 
 
+# r2's sample 0 (line 2) was cut at the token limit after its blocks (synthesize's finish_reason).
+TRUNCATED = [SAMPLES[0], {**SAMPLES[1], "finish_reason": "length"}, *({**x, "finish_reason": "stop"} for x in SAMPLES[2:])]
+
+
+def test_truncated_samples_are_kept_and_reported(small, tmp_path, capsys):
+    taxonomy_file, records, _, calibration = small
+    samples = write_jsonl(tmp_path / "samples.jsonl", TRUNCATED)
+    out = tmp_path / "rl"
+    assert build_rl(records, samples, calibration, out, "--taxonomy", str(taxonomy_file)) == 0
+    message = f"{samples}:2: sample 0 of user 'r2' was cut at the token limit (finish_reason 'length'); kept: only its complete blocks vote"
+    report = read_report(out)
+    assert report["truncated_samples"] == {"count": 1, "policy": "kept", "first": [message]}
+    assert report["skipped"] == {} and report["counts"]["samples_used"] == 6
+    assert "(left out: none; truncated samples: 1 kept; prompts:" in capsys.readouterr().out
+    rows = rows_of(out)
+    assert [r["extra_info"]["ref_confidence"] for r in rows] == [REF["r1"], REF["r2"], REF["r3"]]
+    assert [r["extra_info"]["difficulty"] for r in rows] == [DIFFICULTY["r1"], DIFFICULTY["r2"], DIFFICULTY["r3"]]
+
+
+def test_drop_truncated_votes_without_them(small, tmp_path, capsys):
+    taxonomy_file, records, _, calibration = small
+    samples = write_jsonl(tmp_path / "samples.jsonl", TRUNCATED)
+    out = tmp_path / "rl"
+    assert build_rl(records, samples, calibration, out, "--taxonomy", str(taxonomy_file), "--drop-truncated") == 0
+    message = f"{samples}:2: sample 0 of user 'r2' was cut at the token limit (finish_reason 'length'); skipped"
+    report = read_report(out)
+    assert report["skipped"] == {"truncated_sample": {"count": 1, "first": [message]}}
+    assert report["truncated_samples"] == {"count": 1, "policy": "dropped", "first": [message]}
+    assert report["counts"]["samples_used"] == 5
+    assert "(left out: truncated_sample=1; truncated samples: 1 dropped; prompts:" in capsys.readouterr().out
+    # r2 is voted on its sample 1 alone (M = 1): gender Female S 3, s 3.0 -> above 1.0, 2.0 (not 3.0) -> 3;
+    # age NA S 2, s 2.0 -> above 0.5, 1.5 -> 3; mean 3.0. Difficulty over the means {2.0, 3.0, 5.0},
+    # one user each: q = 1/6, 3/6, 5/6 -> levels 1 + floor(5 q) = 1, 3, 5.
+    rows = rows_of(out)
+    assert [r["extra_info"]["ref_confidence"] for r in rows] == [REF["r1"], {"gender": 3, "age": 3}, REF["r3"]]
+    assert [r["extra_info"]["difficulty"] for r in rows] == [5, 3, 1]
+
+
 # ---------------------------------------------------------------- difficulty filtering by hand
 
 

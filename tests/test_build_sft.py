@@ -229,6 +229,96 @@ def test_bad_inputs_are_counted_and_named(small, tmp_path, capsys):
     assert targets == EXPECTED_TARGETS
 
 
+# ---------------------------------------------------------------- samples cut at the token limit
+
+
+def finished(row, reason):
+    return {**row, "finish_reason": reason}
+
+
+# The hand-worked samples as synthesize writes them: lines 4 (u1#2, every block whole: the cut fell
+# after them) and 5 (u2#2, cut inside its first block) were cut at the token limit; line 1 stopped,
+# line 6 has a null reason and the rest none (an older file): none of those is truncated.
+TRUNCATED_SAMPLES = [
+    finished(SAMPLES[0], "stop"), *SAMPLES[1:3], finished(SAMPLES[3], "length"), finished(SAMPLES[4], "length"),
+    finished(SAMPLES[5], None), *SAMPLES[6:],  # lines 1-8
+    finished(sample("u1", 1, block("gender", "Female", 5, "x")), "length"),  # 9: repeats u1#1 (line 6), truncated
+    finished(sample("ghost", 0, block("gender", "Male", 5, "x")), "length"),  # 10: no record, truncated
+]
+
+
+def test_truncated_samples_are_kept_counted_and_reported(small, tmp_path, capsys):
+    taxonomy_file, records, _ = small
+    samples = write_jsonl(tmp_path / "samples.jsonl", TRUNCATED_SAMPLES)
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
+    captured = capsys.readouterr()
+    report = read_report(out)
+    # Kept and counted: lines 4 and 5. Line 9 is a repeat and line 10 has no record: skipped as
+    # such, so they are not counted as truncated samples that were used.
+    kept = [
+        f"{samples}:4: sample 2 of user 'u1' was cut at the token limit (finish_reason 'length'); kept: only its complete blocks vote",
+        f"{samples}:5: sample 2 of user 'u2' was cut at the token limit (finish_reason 'length'); kept: only its complete blocks vote",
+    ]
+    assert report["truncated_samples"] == {"count": 2, "policy": "kept", "first": kept}
+    assert {k: v["count"] for k, v in report["skipped"].items()} == {"duplicate_sample": 1, "unknown_user": 1}
+    assert report["options"]["drop_truncated"] is False
+    assert report["counts"]["samples"] == 10 and report["counts"]["samples_used"] == 8
+    for message in kept:
+        assert f"warning: {message}" in captured.err
+    assert "(left out: duplicate_sample=1, unknown_user=1; truncated samples: 2 kept; prompts:" in captured.out
+    # u1#2's whole blocks vote and u2#2's cut block is malformed, as without the marks.
+    targets = {r["user_id"]: r["messages"][2]["content"] for r in rows_of(out / "sft_train.parquet")}
+    assert targets == EXPECTED_TARGETS
+
+
+def test_drop_truncated_skips_them_and_votes_the_rest(small, tmp_path, capsys):
+    taxonomy_file, records, _ = small
+    samples = write_jsonl(tmp_path / "samples.jsonl", TRUNCATED_SAMPLES)
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file), "--drop-truncated") == 0
+    captured = capsys.readouterr()
+    report = read_report(out)
+    # Dropped: lines 4, 5 and 9 (a dropped line is never voted, so it is not checked as a repeat);
+    # line 10 has no record: unknown_user, as without the option.
+    assert {k: v["count"] for k, v in report["skipped"].items()} == {"truncated_sample": 3, "unknown_user": 1}
+    dropped = [
+        f"{samples}:{line}: sample {idx} of user '{user}' was cut at the token limit (finish_reason 'length'); skipped"
+        for line, idx, user in ((4, 2, "u1"), (5, 2, "u2"), (9, 1, "u1"))
+    ]
+    assert report["skipped"]["truncated_sample"]["first"] == dropped
+    assert report["truncated_samples"] == {"count": 3, "policy": "dropped", "first": dropped}
+    assert report["counts"]["samples"] == 10 and report["counts"]["samples_used"] == 6
+    assert "(left out: truncated_sample=3, unknown_user=1; truncated samples: 3 dropped; prompts:" in captured.out
+    # Without u1#2 and u2#2 (M = 2 each):
+    # u1 gender: S_Female = 5 (sample 0), S_Male = 2 (sample 1) -> Female, s = 2.5, evidence sample 0
+    #    age:    S_24-30 = 4 (sample 0), S_18-23 = 5 (sample 1) -> 18-23, s = 2.5, evidence sample 1
+    # u2 gender: S_Male = 2 + 2 = 4 -> Male, s = 2.0; tie on 2 -> sample 0.  age: sample 1 scores 7 ->
+    #    S_NA = 1 -> NA, s = 0.5, evidence sample 0
+    # u3 as before: gender Female s = 3.5 (evidence sample 1); age unanswered.
+    # Levels, level(v) = min(5, 1 + floor(5 q)), q = (below + equal/2) / total:
+    # gender s 2.0 (q 1/6 -> 1), 2.5 (q 3/6 -> 3), 3.5 (q 5/6 -> 5); age s 0.5 (q 1/4 -> 2), 2.5 (q 3/4 -> 4)
+    targets = {r["user_id"]: r["messages"][2]["content"] for r in rows_of(out / "sft_train.parquet")}
+    assert targets == {
+        "u1": block("gender", "Female", 3, "g-u1-0") + "\n" + block("age", "18-23", 4, "a-u1-1"),
+        "u2": block("gender", "Male", 1, "g-u2-0") + "\n" + block("age", "NA", 2, "a-u2-0"),
+        "u3": EXPECTED_TARGETS["u3"],
+    }
+
+
+def test_every_sample_of_a_user_dropped_leaves_the_user_without_samples(small, tmp_path):
+    taxonomy_file, records, _ = small
+    samples = write_jsonl(tmp_path / "samples.jsonl", [
+        *(s for s in SAMPLES if s["user_id"] != "u3"),
+        *(finished(s, "length") for s in SAMPLES if s["user_id"] == "u3"),
+    ])
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file), "--drop-truncated") == 0
+    report = read_report(out)
+    assert {k: v["count"] for k, v in report["skipped"].items()} == {"truncated_sample": 2, "no_samples": 1}
+    assert [r["user_id"] for r in rows_of(out / "sft_train.parquet")] == ["u1", "u2"]
+
+
 @pytest.mark.parametrize(
     "which, line, expected",
     [
@@ -366,6 +456,21 @@ def test_ray_engine_votes_like_local_engine(local_ray, small, tmp_path):
         (9, "broken_line"), (10, "unknown_user"), (11, "duplicate_sample"),
         (12, "duplicate_sample"), (13, "duplicate_sample"), (14, "duplicate_sample"),
     ]
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_ray_engine_reports_truncated_samples_like_local_engine(local_ray, small, tmp_path, drop):
+    taxonomy_file, _, _ = small
+    samples = write_jsonl(tmp_path / "samples.jsonl", TRUNCATED_SAMPLES)
+    job = VoteJob(str(samples), Taxonomy.load(str(taxonomy_file)), "confidence", ("u1", "u2", "u3"), drop_truncated=drop)
+    local = LocalEngine().vote(job)
+    assert RayEngine(chunk_bytes=300).vote(job) == local
+    assert [(e.line, e.reason, e.kept) for e in local.events] == (
+        [(4, "truncated_sample", False), (5, "truncated_sample", False), (9, "truncated_sample", False), (10, "unknown_user", False)]
+        if drop else
+        [(4, "truncated_sample", True), (5, "truncated_sample", True), (9, "duplicate_sample", False), (10, "unknown_user", False)]
+    )
+    assert [v.num_samples for v in local.votes] == ([2, 2, 2] if drop else [3, 3, 2])
 
 
 def test_ray_and_local_builds_write_the_same_rows(local_ray, simulated, tmp_path, qwen_tokenizer_dir):

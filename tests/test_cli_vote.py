@@ -276,6 +276,52 @@ def test_duplicate_sample_with_strict(tmp_path, capsys):
     assert "dup.jsonl:4" in err and "duplicate" in err
 
 
+# As synthesize writes them: line 4 (u_a#1, cut inside its gender block) and line 6 (u_b#2, both
+# blocks whole) were cut at the token limit; line 1 stopped; the others carry no reason (an older file).
+TRUNCATED = [
+    dict(SAMPLES[0], finish_reason="stop"), *SAMPLES[1:3], dict(SAMPLES[3], finish_reason="length"),
+    SAMPLES[4], dict(SAMPLES[5], finish_reason="length"),
+]
+
+
+def test_truncated_samples_are_voted_and_reported(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "cut.jsonl", TRUNCATED)
+    out = tmp_path / "out.jsonl"
+    assert run_vote(path, out) == 0
+    captured = capsys.readouterr()
+    for line, idx, user in ((4, 1, "u_a"), (6, 2, "u_b")):
+        assert (f"warning: {path}:{line}: sample {idx} of user '{user}' was cut at the token limit "
+                "(finish_reason 'length'); kept: only its complete blocks vote") in captured.err
+    assert "2 users from 6 samples" in captured.out
+    assert "skipped lines: none; truncated samples: 2 kept;" in captured.out
+    assert read_jsonl(out) == EXPECTED_CONFIDENCE  # the marks change no vote
+
+
+def test_drop_truncated_votes_without_them(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "cut.jsonl", TRUNCATED)
+    out = tmp_path / "out.jsonl"
+    assert run_vote(path, out, "--drop-truncated") == 0
+    captured = capsys.readouterr()
+    assert f"warning: {path}:4: sample 1 of user 'u_a' was cut at the token limit (finish_reason 'length'); skipped" in captured.err
+    assert "2 users from 4 samples" in captured.out
+    assert "skipped lines: truncated_sample=2; truncated samples: 2 dropped;" in captured.out
+    # u_b without sample 2: gender S_Male = 5, S_Female = 4 -> Male, S 5, 1 vote, margin 1;
+    #                       age S_24-30 = 2+1 = 3, alone -> 24-30, S 3, 2 votes, margin 3
+    # u_a without sample 1: as before (sample 1 was malformed), but 2 samples: nothing malformed in gender and age
+    assert read_jsonl(out) == [
+        {
+            "user_id": "u_b",
+            "profile": {"gender": dim("Male", 5, 1, 1), "age": dim("24-30", 3, 2, 3), **unanswered()},
+            "malformed": {"gender": 0, "age": 0, **{k: 2 for k in OTHER_DIMS}},
+        },
+        {
+            "user_id": "u_a",
+            "profile": {"gender": dim("Female", 4, 1, 3), "age": dim("18-23", 3, 1, 2), **unanswered()},
+            "malformed": {"gender": 0, "age": 0, **{k: 2 for k in OTHER_DIMS}},
+        },
+    ]
+
+
 def test_threshold_without_calibration_is_an_error(samples_file, tmp_path, capsys):
     err = run_error(capsys, samples_file, tmp_path / "out.jsonl", "--threshold", "3")
     assert "--threshold" in err and "--calibration" in err

@@ -91,6 +91,7 @@ SINGLE_COUNTS = {
     "unknown_users": 2,
     "unknown_user_examples": ["u9", "u5"],
     "skipped_lines": {},
+    "truncated_samples": {"count": 0, "policy": "kept", "first": []},
     # among gold-labelled users at tau 1: u3's pet is malformed, user 4 has no sample
     "abstentions_at_tau_1": {
         "pet": {"na": 0, "malformed": 1, "no_samples": 1},
@@ -162,6 +163,7 @@ VOTED_COUNTS = {
     "unknown_users": 1,
     "unknown_user_examples": ["u9"],
     "skipped_lines": {},
+    "truncated_samples": {"count": 0, "policy": "kept", "first": []},
     "abstentions_at_tau_1": {
         "pet": {"na": 1, "malformed": 0, "no_samples": 0},  # user 4 voted NA
         "home": {"na": 0, "malformed": 0, "no_samples": 0},
@@ -266,6 +268,7 @@ def test_one_sample_per_user_confidence_is_own_score(files, capsys):
         "confidence": "linear",
         "taxonomy": files["taxonomy"],
         "strict": False,
+        "drop_truncated": False,
         "thresholds": [1, 2, 3, 4, 5],
     }
     out = capsys.readouterr().out
@@ -413,6 +416,24 @@ def test_broken_and_repeated_samples_lines_are_counted_skips(files, tmp_path, ca
     assert {k: v["count"] for k, v in counts["skipped_lines"].items()} == {"broken_line": 1, "duplicate_sample": 1}
     assert counts["samples"] == 1  # the first occurrence is used
     assert "Sample lines skipped: broken_line 1" in (Path(files["out"]) / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_truncated_samples_are_counted_and_reported(files, tmp_path, capsys, drop):
+    cut = tmp_path / "cut.jsonl"
+    # line 1 cut at the token limit, line 2 stopped, line 3 without a reason (an older file)
+    write_jsonl(cut, [dict(SINGLE[0], finish_reason="length"), dict(SINGLE[1], finish_reason="stop"), *SINGLE[2:]])
+    assert run_eval(files, str(cut), extra=["--drop-truncated"] if drop else []) == 0
+    captured = capsys.readouterr()
+    what = "skipped" if drop else "kept: only its complete blocks vote"
+    message = f"{cut}:1: sample 0 of user 'u1' was cut at the token limit (finish_reason 'length'); {what}"
+    assert f"warning: {message}" in captured.err
+    counts = load_report(files)["counts"]
+    assert counts["truncated_samples"] == {"count": 1, "policy": "dropped" if drop else "kept", "first": [message]}
+    assert counts["samples"] == len(SINGLE) - drop
+    assert f"truncated samples: 1 {'dropped' if drop else 'kept'}" in captured.out
+    report_md = (Path(files["out"]) / "report.md").read_text(encoding="utf-8")
+    assert f"Samples cut at the token limit: 1 {'dropped' if drop else 'kept'} (e.g. {message})" in report_md
 
 
 def test_strict_makes_a_broken_samples_line_an_error(files, tmp_path, capsys):

@@ -22,12 +22,32 @@ ABLATIONS = [
 ]
 
 
-def dry_run(name: str) -> list[list[str]]:
+def dry_run(name: str, script: str = "run_ablation.sh", *args: str, **env: str) -> list[list[str]]:
+    """The commands a recipe prints with DRY_RUN=1 (``env``: its settings), run in this environment
+    (its python reads the configs)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     out = subprocess.run(
-        ["bash", str(ROOT / "recipes" / "run_ablation.sh"), name],
-        env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True, cwd=ROOT,
+        ["bash", str(ROOT / "recipes" / script), name, *args],
+        env={**os.environ, "PATH": path, "DRY_RUN": "1", **env}, capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout
     return [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ ")]
+
+
+def option(command: list[str], name: str) -> str:
+    """The value of the only ``name`` option of a command."""
+    assert command.count(name) == 1, (name, command)
+    return command[command.index(name) + 1]
+
+
+def override(command: list[str], key: str) -> str:
+    """The value of the only ``key=...`` Hydra override of a verl command."""
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"{key}=")]
+    assert len(values) == 1, (key, command)
+    return values[0]
+
+
+def shipped(config: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / config).read_text())
 
 
 def composed(command: list[str]) -> dict:
@@ -67,6 +87,8 @@ def test_main_grpo_has_the_papers_settings(recipes):
     assert actor["optim"]["lr"] == 1e-6
     assert rollout["n"] == 32 and rollout["temperature"] == 1.0 and rollout["top_p"] == 0.95
     assert cfg["trainer"]["total_training_steps"] == 45
+    # The composed prompt limit is the budget build-rl fitted the prompts to.
+    assert cfg["data"]["max_prompt_length"] == int(option(step(recipes["main"], "build-rl")[0], "--max-prompt-length"))
     assert cfg["algorithm"]["adv_estimator"] == "grpo"
     assert cfg["reward"]["reward_manager"]["name"] == "confprofile"
     assert cfg["data"]["train_files"] == "data/grpo/rl_train.parquet"
@@ -98,6 +120,9 @@ def test_shipped_grpo_config_validates_on_rl_val():
 
 def test_main_sft_has_the_papers_settings(recipes):
     command, cfg = step(recipes["main"], "verl.trainer.sft_trainer")
+    # The trainer's composed limit is the one build-sft skipped rows over.
+    assert cfg["data"]["max_length"] == int(option(step(recipes["main"], "build-sft")[0], "--max-length"))
+    assert cfg["data"]["truncation"] == "error"
     assert command[0] == "torchrun"
     assert cfg["optim"]["lr"] == 1e-5
     assert cfg["data"]["train_batch_size"] == 32
@@ -152,3 +177,47 @@ def test_profile_llm_baseline_uses_no_confidence(recipes):
 def test_unknown_ablation_is_refused():
     done = subprocess.run(["bash", str(ROOT / "recipes" / "run_ablation.sh"), "nope"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown ablation: nope" in done.stderr
+
+
+# ---------------------------------------------------------------- token budgets (dry runs only: fast)
+
+
+def budget(command: list[str]) -> tuple[str, int]:
+    return option(command, "--tokenizer"), int(option(command, "--max-prompt-length"))
+
+
+def named(commands: list[list[str]], program: str) -> list[str]:
+    return next(c for c in commands if program in " ".join(c))
+
+
+@pytest.mark.parametrize("env", [{}, {"TOKENIZER": "/models/tok", "MAX_PROMPT_LENGTH": "1000", "SFT_MAX_LENGTH": "3000"}])
+def test_sft_recipe_gives_teacher_and_build_one_budget_and_the_trainers_max_length(env):
+    commands = dry_run("sft", "run_sft.sh", **env)
+    synthesize, build, train = (named(commands, p) for p in ("synthesize", "build-sft", "sft_trainer"))
+    tokenizer = env.get("TOKENIZER", "Qwen/Qwen3-8B")  # default: MODEL
+    prompt_limit = int(env.get("MAX_PROMPT_LENGTH", shipped("confprofile_grpo.yaml")["data"]["max_prompt_length"]))
+    row_limit = int(env.get("SFT_MAX_LENGTH", shipped("confprofile_sft.yaml")["data"]["max_length"]))
+    assert budget(synthesize) == budget(build) == (tokenizer, prompt_limit)
+    assert int(option(build, "--max-length")) == row_limit == int(override(train, "data.max_length"))
+
+
+@pytest.mark.parametrize("overrides, limit", [((), None), (("--", "data.max_prompt_length=2048"), 2048)])
+def test_grpo_recipe_gives_student_pass_build_and_trainer_one_prompt_budget(overrides, limit):
+    commands = dry_run("grpo", "run_grpo.sh", "ckpt/sft", *overrides)
+    synthesize, build, train = (named(commands, p) for p in ("synthesize", "build-rl", "main_ppo"))
+    limit = limit or shipped("confprofile_grpo.yaml")["data"]["max_prompt_length"]
+    assert budget(synthesize) == budget(build) == ("Qwen/Qwen3-8B", limit)
+    # main_ppo gets the limit, then the user's override (the last value wins in Hydra): the same.
+    given = [arg for arg in train if arg.startswith("data.max_prompt_length=")]
+    assert given and {int(arg.split("=", 1)[1]) for arg in given} == {limit}
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_every_ablation_uses_one_budget_for_every_data_step(name):
+    commands = dry_run(name)
+    data_steps = [c for c in commands if c[:2] in (["confprofile", "synthesize"], ["confprofile", "build-sft"], ["confprofile", "build-rl"])]
+    assert data_steps and {budget(c) for c in data_steps} == {("Qwen/Qwen3-8B", shipped("confprofile_grpo.yaml")["data"]["max_prompt_length"])}
+    for command in commands:
+        if "sft_trainer" in " ".join(command):
+            build = named(commands, "build-sft")
+            assert option(build, "--max-length") == override(command, "data.max_length")

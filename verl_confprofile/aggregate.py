@@ -12,14 +12,20 @@ from typing import Iterator, Mapping
 
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
-from .jsonl import SampleEvent, SkipLog, duplicate_event, iter_lines, sample_line
+from .jsonl import SampleEvent, SkipLog, duplicate_event, iter_lines, sample_line, truncated_event
 from .tally import UserTally
 from .taxonomy import Taxonomy
 
 
 @cyclic_gc_paused()
 def read_samples(
-    path: str | os.PathLike, taxonomy: Taxonomy, *, strict: bool = False, skips: SkipLog | None = None
+    path: str | os.PathLike,
+    taxonomy: Taxonomy,
+    *,
+    strict: bool = False,
+    skips: SkipLog | None = None,
+    truncated: SkipLog | None = None,
+    drop_truncated: bool = False,
 ) -> dict[str, UserTally]:
     """Parse a samples JSONL ({user_id, sample_idx, model, text}) into {user_id: UserTally}.
 
@@ -27,23 +33,32 @@ def read_samples(
     each tally its samples in file order. A broken line and a repeated (user_id, sample_idx)
     (two runs concatenated: voting both copies would double-count a sample; the first is used)
     are skipped and counted in ``skips``, or errors with ``strict``; a line without the sample
-    fields is always an error.
+    fields is always an error. A sample cut at the token limit (finish_reason "length") is voted
+    and counted in ``truncated`` (unless repeated), or, with ``drop_truncated``, skipped and
+    counted in ``skips``.
     """
     skips = SkipLog() if skips is None else skips
+    truncated = SkipLog() if truncated is None else truncated
     users: dict[str, UserTally] = {}
     for lineno, line in iter_lines(path):
         got = sample_line(line, path, lineno)
         if got is None:
             continue
         if type(got) is not SampleEvent:
-            user, idx, text = got
-            tally = users.get(user)
-            if tally is None:
-                tally = users[user] = UserTally(taxonomy, evidence=False)
-            first = tally.add_text(idx, lineno, text)
-            if first is None:
-                continue
-            got = duplicate_event(path, lineno, idx, user, first)
+            user, idx, text, cut = got
+            if cut and drop_truncated:
+                got = truncated_event(path, lineno, idx, user, kept=False)
+            else:
+                tally = users.get(user)
+                if tally is None:
+                    tally = users[user] = UserTally(taxonomy, evidence=False)
+                first = tally.add_text(idx, lineno, text)
+                if first is None:
+                    if cut:
+                        event = truncated_event(path, lineno, idx, user, kept=True)
+                        truncated.add(event.reason, event.message)
+                    continue
+                got = duplicate_event(path, lineno, idx, user, first)
         if got.fatal(strict):
             raise got.error()
         skips.add(got.reason, got.message)

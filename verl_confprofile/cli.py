@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
-from .jsonl import STRICT_HELP, InputError, SkipLog, write_line
+from .jsonl import DROP_TRUNCATED_HELP, STRICT_HELP, InputError, SkipLog, truncation_report, truncation_summary, write_line
 from .output_guard import check_args, declare
 from .taxonomy import TaxonomyError, Taxonomy
 from .voting import VOTING_METHODS
@@ -29,8 +29,10 @@ def _vote(args: argparse.Namespace) -> None:
         raise InputError("--threshold needs --calibration: without it a profile has no confidence level")
     from .aggregate import read_samples, vote_users
 
-    skips = SkipLog()
-    users = read_samples(args.samples, taxonomy, strict=args.strict, skips=skips)
+    skips, truncated = SkipLog(), SkipLog()
+    users = read_samples(
+        args.samples, taxonomy, strict=args.strict, skips=skips, truncated=truncated, drop_truncated=args.drop_truncated
+    )
     if not users:
         raise InputError(f"{args.samples}: no sample to vote (skipped lines: {skips.summary()})")
     malformed: Counter = Counter()
@@ -42,7 +44,7 @@ def _vote(args: argparse.Namespace) -> None:
     bad = ", ".join(f"{k}={malformed[k]}" for k in taxonomy.keys)
     print(
         f"voted {len(users)} users from {n_samples} samples -> {args.out}; skipped lines: {skips.summary()}; "
-        f"malformed samples per dimension: {bad}"
+        f"{truncation_summary(truncation_report(skips, truncated, args.drop_truncated))}; malformed samples per dimension: {bad}"
     )
 
 
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     vote.add_argument("--threshold", type=int, choices=range(1, 6), metavar="TAU", help="tags with confidence below TAU become NA")
     vote.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
     vote.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    vote.add_argument("--drop-truncated", action="store_true", help=DROP_TRUNCATED_HELP)
     vote.set_defaults(func=_vote)
     declare(vote, inputs=("samples", "calibration", "taxonomy"), folder=False)
     for name in COMMAND_MODULES:

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 from .aggregate import profile_record, read_samples
 from .calibration import Calibrator
 from .data_prep.records import read_records
-from .jsonl import STRICT_HELP, InputError, SkipLog, write_json
+from .jsonl import DROP_TRUNCATED_HELP, STRICT_HELP, InputError, SkipLog, truncation_report, truncation_summary, write_json
 from .metrics import DEFINITIONS, PRF, THRESHOLDS, threshold_sweep
 from .output_guard import declare
 from .taxonomy import Taxonomy
@@ -127,14 +127,15 @@ def evaluate_run(
     voting: str = "confidence",
     definition: str = "paper",
     strict: bool = False,
+    drop_truncated: bool = False,
 ) -> RunResult:
     """Vote each labelled user's samples into one prediction per dimension and sweep tau.
 
     A samples file without any sample of a labelled user is an error: its tables would be all
     zeros, which reads as a result.
     """
-    skips = SkipLog()
-    users = read_samples(samples_path, taxonomy, strict=strict, skips=skips)
+    skips, truncated = SkipLog(), SkipLog()
+    users = read_samples(samples_path, taxonomy, strict=strict, skips=skips, truncated=truncated, drop_truncated=drop_truncated)
     if not any(u in gold.labels for u in users):
         raise InputError(
             f"{samples_path}: no sample of any labelled user of {gold.source} "
@@ -172,6 +173,7 @@ def evaluate_run(
         "unknown_users": len(unknown),
         "unknown_user_examples": unknown[:EXAMPLES],
         "skipped_lines": skips.to_dict(),
+        "truncated_samples": truncation_report(skips, truncated, drop_truncated),
         "abstentions_at_tau_1": abstentions,
         "malformed_samples": {k: malformed_samples[k] for k in scored},
     }
@@ -261,6 +263,9 @@ def _coverage(run: RunResult, taxonomy: Taxonomy) -> list[str]:
             "Sample lines skipped: "
             + "; ".join(f"{reason} {v['count']} (e.g. {v['first'][0]})" for reason, v in c["skipped_lines"].items())
         )
+    if c["truncated_samples"]["count"]:
+        t = c["truncated_samples"]
+        lines.append(f"Samples cut at the token limit: {t['count']} {t['policy']} (e.g. {t['first'][0]})")
     rows = [
         [taxonomy[k].name, str(a["na"]), str(a["malformed"]), str(a["no_samples"]), str(c["malformed_samples"][k])]
         for k, a in c["abstentions_at_tau_1"].items()
@@ -417,7 +422,8 @@ def run(args: argparse.Namespace) -> None:
     calibrator = load_calibrator(args.calibration, taxonomy)
     gold = read_gold(args.records, taxonomy)
     runs = [
-        evaluate_run(name, path, gold, taxonomy, calibrator, voting=args.voting, definition=args.definition, strict=args.strict)
+        evaluate_run(name, path, gold, taxonomy, calibrator, voting=args.voting, definition=args.definition, strict=args.strict,
+                     drop_truncated=args.drop_truncated)
         for name, path in zip(names, args.samples)
     ]
     options = {
@@ -429,6 +435,7 @@ def run(args: argparse.Namespace) -> None:
         "confidence": "calibrated" if args.calibration else "linear",
         "taxonomy": taxonomy.source,
         "strict": args.strict,
+        "drop_truncated": args.drop_truncated,
         "thresholds": list(THRESHOLDS),
     }
     out = Path(args.out)
@@ -441,7 +448,7 @@ def run(args: argparse.Namespace) -> None:
         c = r.counts
         print(
             f"{r.name}: {c['users_evaluated']} users evaluated, {c['missing_users']} labelled users without samples, "
-            f"{c['unknown_users']} unknown users; tau=1 precision {_pct(avg['precision'])}, recall {_pct(avg['recall'])}, "
+            f"{c['unknown_users']} unknown users, {truncation_summary(c['truncated_samples'])}; tau=1 precision {_pct(avg['precision'])}, recall {_pct(avg['recall'])}, "
             f"F1 of means {_pct(avg['f1_of_means'])}, mean F1 {_pct(avg['f1_mean'])}"
         )
     print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {', '.join(map(str, plots))}")
@@ -468,5 +475,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--taxonomy", metavar="FILE", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--drop-truncated", action="store_true", help=DROP_TRUNCATED_HELP)
     p.set_defaults(func=run)
     declare(p, inputs=("records", "samples", "calibration", "taxonomy"), folder=True)

@@ -12,6 +12,13 @@ mid-line) and a repeated (user_id, sample_idx) are skipped, counted and reported
 occurrence is used); with ``strict`` they are errors. A JSON object without the sample fields
 means the wrong file was given: always an error.
 
+A sample whose ``finish_reason`` is "length" was cut at the completion token limit
+(``synthesize`` writes the backend's reason; a line without one is a whole sample). It is
+kept: its complete blocks vote and the block it was cut in, like every block after it, is
+malformed to the parser. Every kept one is counted and reported (``truncated_event`` with
+``kept``); with ``drop_truncated`` such samples are skipped and counted instead
+(``truncated_sample``).
+
 User ids are strings or integers, and an integer means the string of its digits: ``7`` and
 ``"7"`` are one user, written ``"7"`` everywhere an id is output.
 """
@@ -37,6 +44,9 @@ class InputError(ValueError):
 BOM = b"\xef\xbb\xbf"
 STRICT_REASONS = ("broken_line", "duplicate_sample")  # the skips ``strict`` turns into errors
 STRICT_HELP = "a broken or repeated samples line is an error (default: skipped, counted and reported)"
+TRUNCATED = "truncated_sample"  # the reason of a sample cut at the token limit (finish_reason "length")
+DROP_TRUNCATED_HELP = ("skip samples cut at the token limit (finish_reason 'length'), counted as truncated_sample "
+                       "(default: kept and counted; their complete blocks vote)")
 
 
 def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[tuple[int, bytes]]:
@@ -112,12 +122,23 @@ def sample_fields(obj: dict, path: str | os.PathLike, lineno: int) -> tuple[str,
     return str(user), idx, text
 
 
+class Sample(NamedTuple):
+    """The fields of a samples-file line that a command uses; ``truncated``: finish_reason "length"."""
+
+    user_id: str
+    sample_idx: int
+    text: str
+    truncated: bool
+
+
 class SampleEvent(NamedTuple):
-    """A samples-file line that is not voted: a counted skip, or an error that stops the command."""
+    """A samples-file line that is not voted (a counted skip, or an error that stops the command),
+    or, with ``kept``, one that is voted but reported: a truncated sample."""
 
     line: int
-    reason: str  # broken_line, duplicate_sample, unknown_user (builds), or "error"
+    reason: str  # broken_line, duplicate_sample, truncated_sample, unknown_user (builds), or "error"
     message: str  # a skip's ends with "; skipped"
+    kept: bool = False
 
     def fatal(self, strict: bool) -> bool:
         """Whether this line stops the command: always an error, with ``strict`` also a skip of STRICT_REASONS."""
@@ -127,8 +148,8 @@ class SampleEvent(NamedTuple):
         return InputError(self.message.removesuffix("; skipped"))
 
 
-def sample_line(line: bytes, path: str | os.PathLike, lineno: int) -> tuple[str, int, str] | SampleEvent | None:
-    """One samples-file line -> (user_id, sample_idx, text), a SampleEvent, or None for a blank line."""
+def sample_line(line: bytes, path: str | os.PathLike, lineno: int) -> Sample | SampleEvent | None:
+    """One samples-file line -> its Sample, a SampleEvent, or None for a blank line."""
     try:
         obj = loads(line)
     except JSONDecodeError as exc:
@@ -138,9 +159,10 @@ def sample_line(line: bytes, path: str | os.PathLike, lineno: int) -> tuple[str,
     if type(obj) is not dict:
         return SampleEvent(lineno, "broken_line", f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}; skipped")
     try:
-        return sample_fields(obj, path, lineno)
+        user, idx, text = sample_fields(obj, path, lineno)
     except InputError as exc:
         return SampleEvent(lineno, "error", str(exc))
+    return Sample(user, idx, text, obj.get("finish_reason") == "length")
 
 
 def duplicate_event(path: str | os.PathLike, lineno: int, sample_idx: int, user_id: str, first: int) -> SampleEvent:
@@ -148,6 +170,28 @@ def duplicate_event(path: str | os.PathLike, lineno: int, sample_idx: int, user_
         lineno, "duplicate_sample",
         f"{path}:{lineno}: duplicate sample_idx {sample_idx} for user {user_id!r} (first at line {first}); skipped",
     )
+
+
+def truncated_event(path: str | os.PathLike, lineno: int, sample_idx: int, user_id: str, kept: bool) -> SampleEvent:
+    """A sample cut at the token limit: kept (voted, reported) or, with ``drop_truncated``, skipped."""
+    what = "kept: only its complete blocks vote" if kept else "skipped"
+    return SampleEvent(
+        lineno, TRUNCATED,
+        f"{path}:{lineno}: sample {sample_idx} of user {user_id!r} was cut at the token limit (finish_reason 'length'); {what}",
+        kept,
+    )
+
+
+def truncation_report(skips: "SkipLog", kept: "SkipLog", dropped: bool) -> dict:
+    """The ``truncated_samples`` section of a report: how many samples were cut at the token
+    limit, whether they were kept or dropped (``dropped``: ``drop_truncated``), the first messages."""
+    log = skips if dropped else kept
+    return {"count": log.counts[TRUNCATED], "policy": "dropped" if dropped else "kept", "first": log.first.get(TRUNCATED, [])}
+
+
+def truncation_summary(report: dict) -> str:
+    """The truncation part of a summary line, from ``truncation_report``."""
+    return f"truncated samples: {report['count']} {report['policy']}" if report["count"] else "truncated samples: none"
 
 
 class SkipLog:
