@@ -92,12 +92,18 @@ EXPECTED_VARIANT = {
 }
 
 
-def rollouts(groups=GROUPS, split="train"):
+def rollouts(groups=GROUPS, split="train", tag=None):
+    """The groups' rollouts; their uids end in ``tag`` (default: the split).
+
+    The board remembers a voted group for group_timeout_s and hands its frozen result to any
+    later member of the same uid, so every scoring call in a module needs its own tag, as the
+    trainer's fresh uids per step are.
+    """
     out = []
     for uid, (members, ref, labels) in groups.items():
         for m in members:
             response = m if isinstance(m, str) else text(*m)
-            out.append(Rollout(row(f"{uid}-{split}", ref, labels, split), response))
+            out.append(Rollout(row(f"{uid}-{tag or split}", ref, labels, split), response))
     return out
 
 
@@ -158,13 +164,13 @@ def test_plugin_registers_confprofile_inside_ray_workers():
 def test_chunked_path_hand_worked_rewards(default_loop, qwen_tokenizer):
     from verl_confprofile.reward.local_loop import rollout_batch
 
-    results = default_loop.score_chunked(rollout_batch(qwen_tokenizer, rollouts()))
+    results = default_loop.score_chunked(rollout_batch(qwen_tokenizer, rollouts(tag="chunked")))
     assert scores(results) == pytest.approx(expected(EXPECTED_DEFAULT))
 
 
 def test_streaming_path_hand_worked_rewards_any_order(default_loop, qwen_tokenizer):
-    items = [stream_item(qwen_tokenizer, r) for r in rollouts()]
-    for seed in range(3):  # different arrival orders and worker choices
+    for seed in range(3):  # different arrival orders and worker choices, each a vote of its own
+        items = [stream_item(qwen_tokenizer, r) for r in rollouts(tag=f"s{seed}")]
         results = default_loop.score_streaming(items, seed=seed)
         assert scores(results) == pytest.approx(expected(EXPECTED_DEFAULT))
     info = [r["reward_extra_info"] for r in results]

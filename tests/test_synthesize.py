@@ -38,6 +38,10 @@ from verl_confprofile.taxonomy import Taxonomy
 SEED = 1000
 MODEL = "teacher-x"
 STALL = "stall"
+# A gated request is let through after this long even if the width was never reached, so that
+# a client sending too few at once fails the test instead of hanging it. Tests using a gate give
+# the client a longer --timeout, so a request is never retried (and counted twice) while held.
+GATE_TIMEOUT_S = 30
 
 
 def answer(user: str, idx: int) -> str:
@@ -65,7 +69,8 @@ class _Handler(BaseHTTPRequestHandler):
             teacher.cond.notify_all()
             if teacher.gate:
                 width, total = teacher.gate
-                teacher.cond.wait_for(lambda: teacher.in_flight >= width or teacher.in_flight + teacher.finished >= total, timeout=5)
+                teacher.cond.wait_for(lambda: teacher.in_flight >= width or teacher.in_flight + teacher.finished >= total,
+                                      timeout=GATE_TIMEOUT_S)
         reply = teacher.script(user, idx, attempt)
         if reply == STALL:
             teacher.released.wait(30)
@@ -302,12 +307,14 @@ def test_a_second_run_on_the_same_file_is_refused(tmp_path, teacher, capsys):
 
 
 def test_stalled_requests_time_out_and_are_retried(tmp_path, teacher):
+    # A stall lasts until the test ends; --timeout must only be long enough that an answered
+    # request never times out, also on a loaded machine (it would be sent twice).
     stalled = {("u1", 0), ("u2", 1)}
     server = teacher(lambda user, idx, attempt: STALL if (user, idx) in stalled and attempt == 1 else None)
     records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2"])
     out = tmp_path / "samples.jsonl"
 
-    assert synthesize(records, out, server, "--timeout", "1.5") == 0
+    assert synthesize(records, out, server, "--timeout", "5") == 0
 
     assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1), ("u2", 0), ("u2", 1)]
     assert server.attempts[("u1", 0)] == 2 and server.attempts[("u2", 1)] == 2
@@ -330,12 +337,11 @@ def test_retries_run_out_and_the_sample_is_reported(tmp_path, teacher, capsys):
 
 def test_an_endpoint_that_never_answers_stops_the_run(tmp_path, teacher, capsys):
     teacher()  # only for the environment: API key set, proxies off
-    with socket.socket() as probe:  # a loopback port nobody listens on
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    with socket.socket() as probe:  # a loopback port held, never listened on, for the whole run
         probe.bind(("127.0.0.1", 0))
         closed = SimpleNamespace(base_url=f"http://127.0.0.1:{probe.getsockname()[1]}/v1")
-    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
-
-    assert synthesize(records, tmp_path / "samples.jsonl", closed, "--max-retries", "1") == 2
+        assert synthesize(records, tmp_path / "samples.jsonl", closed, "--max-retries", "1") == 2
 
     err = capsys.readouterr().err
     assert f"no answer from {closed.base_url}/" in err
@@ -422,7 +428,7 @@ def test_concurrency_bound_is_respected(tmp_path, teacher):
     records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2", "u3", "u4", "u5"])
     out = tmp_path / "samples.jsonl"
 
-    assert synthesize(records, out, server, "--concurrency", "3") == 0
+    assert synthesize(records, out, server, "--concurrency", "3", "--timeout", str(2 * GATE_TIMEOUT_S)) == 0
 
     assert server.max_in_flight == 3
     assert len(read_samples(out)) == 12
@@ -774,18 +780,20 @@ def test_each_bad_body_has_its_reason(tmp_path, teacher, capsys, user, reason):
 
 
 def test_an_endpoint_that_goes_silent_stops_the_run_with_progress_lines(tmp_path, teacher, capsys):
-    # Two answers, then every request hangs. Without the stall limit each sample would be retried
-    # for its whole backoff; with it the run stops once nothing valid came for 1.5 s.
-    server = teacher(lambda user, idx, attempt: None if sum(server.attempts.values()) <= 2 else STALL)
+    # u0's two samples are answered (one request at a time, they come first), then every request
+    # hangs. Without the stall limit each sample would be retried for its whole backoff; with it
+    # the run stops once nothing valid came for 5 s. Which samples answer does not depend on how
+    # many requests were sent: on a loaded machine an answer may time out and be sent again.
+    server = teacher(lambda user, idx, attempt: None if user == "u0" else STALL)
     records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2"])
     out = tmp_path / "samples.jsonl"
 
-    assert synthesize(records, out, server, "--concurrency", "1", "--timeout", "0.3", "--max-retries", "1000",
-                      "--stall-timeout", "1.5", "--progress-every", "0.2") == 2
+    assert synthesize(records, out, server, "--concurrency", "1", "--timeout", "2", "--max-retries", "1000",
+                      "--stall-timeout", "5", "--progress-every", "0.5") == 2
 
     assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1)]
     err = capsys.readouterr().err
-    assert f"no valid completion from {server.base_url}/ for" in err and "(--stall-timeout 1.5)" in err
+    assert f"no valid completion from {server.base_url}/ for" in err and "(--stall-timeout 5)" in err
     assert "APITimeoutError" in err  # the last error is named
     # stderr is not a terminal here: no progress bar, progress lines instead, also while nothing arrives
     progress = [line for line in err.splitlines() if line.startswith("synthesize: 2/6 samples")]

@@ -101,6 +101,11 @@ SFT_TEST_OVERRIDES = (
 )
 
 
+# Only stops a hung trainer: a run takes 2-4 minutes on 2 idle cores, and a loaded machine
+# must not make it fail.
+TRAINER_TIMEOUT_S = 1800
+
+
 class TrainerFailed(RuntimeError):
     """A trainer subprocess exited non-zero or ran out of time; the message ends with its log."""
 
@@ -215,7 +220,7 @@ def _run(cmd: Sequence[str], workdir: Path, env: dict[str, str], timeout: float)
 
 
 def run_sft(workdir: str | os.PathLike, model_dir: str, train_file: str, overrides: Sequence[str] = (),
-            timeout: float = 900) -> str:
+            timeout: float = TRAINER_TIMEOUT_S) -> str:
     """verl's SFT trainer (``configs/confprofile_sft.yaml``) on one CPU rank; returns the HF checkpoint dir."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -284,7 +289,7 @@ def read_metrics(path: Path, training_prefix: str = "critic/") -> tuple[list[dic
 
 
 def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, val_file: str,
-                 overrides: Sequence[str] = (), timeout: float = 900) -> GRPORun:
+                 overrides: Sequence[str] = (), timeout: float = TRAINER_TIMEOUT_S) -> GRPORun:
     """``python -m verl.trainer.main_ppo --config-name=confprofile_grpo`` on the CPU harness.
 
     ``overrides`` come last and win over the harness's defaults (e.g. another reward manager,
