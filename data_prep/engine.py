@@ -22,7 +22,7 @@ import pickle
 from functools import partial
 from typing import Callable, Sequence, TypeVar
 
-from verl_confprofile.jsonl import InputError, SampleEvent, duplicate_event, iter_lines, truncated_event
+from verl_confprofile.jsonl import InputError, SampleEvent, iter_lines, voted_event
 from verl_confprofile.profile_format import profile_parser
 from verl_confprofile.tally import UserTally
 
@@ -63,12 +63,8 @@ class LocalEngine:
             tally = tallies.get(order)
             if tally is None:
                 tally = tallies[order] = UserTally(taxonomy)
-            first = tally.add_text(idx, lineno, text)
-            if first is None:
-                if truncated:
-                    events.append(truncated_event(path, lineno, idx, job.user_ids[order], kept=True))
-            else:
-                event = duplicate_event(path, lineno, idx, job.user_ids[order], first)
+            event = voted_event(path, lineno, idx, job.user_ids[order], tally.add_text(idx, lineno, text), truncated)
+            if event is not None:
                 if event.fatal(job.strict):
                     raise event.error()
                 events.append(event)
@@ -135,11 +131,9 @@ def _vote_group(batch: dict, job: VoteJob) -> dict:
     tally, events, user_id = UserTally(job.taxonomy), [], job.user_ids[order]
     for lineno, payload in ranked:
         idx, outputs, truncated = pickle.loads(payload)
-        first = tally.add(idx, lineno, outputs)
-        if first is not None:
-            events.append(duplicate_event(job.samples, lineno, idx, user_id, first))
-        elif truncated:
-            events.append(truncated_event(job.samples, lineno, idx, user_id, kept=True))
+        event = voted_event(job.samples, lineno, idx, user_id, tally.add(idx, lineno, outputs), truncated)
+        if event is not None:
+            events.append(event)
     result = pickle.dumps(tally.finish(user_id, job.taxonomy, job.voting))
     return {"order": [order], "lines": [len(ranked)], "vote": [result], "events": [pickle.dumps(events)]}
 

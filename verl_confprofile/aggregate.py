@@ -12,7 +12,7 @@ from typing import Iterator, Mapping
 
 from .calibration import Calibrator
 from .gc_pause import cyclic_gc_paused
-from .jsonl import SampleEvent, SkipLog, duplicate_event, iter_lines, sample_line, truncated_event
+from .jsonl import SampleEvent, SkipLog, iter_lines, sample_line, truncated_event, voted_event
 from .tally import UserTally
 from .taxonomy import Taxonomy
 
@@ -52,13 +52,12 @@ def read_samples(
                 tally = users.get(user)
                 if tally is None:
                     tally = users[user] = UserTally(taxonomy, evidence=False)
-                first = tally.add_text(idx, lineno, text)
-                if first is None:
-                    if cut:
-                        event = truncated_event(path, lineno, idx, user, kept=True)
-                        truncated.add(event.reason, event.message)
+                got = voted_event(path, lineno, idx, user, tally.add_text(idx, lineno, text), cut)
+                if got is None:
                     continue
-                got = duplicate_event(path, lineno, idx, user, first)
+                if got.kept:
+                    truncated.add(got.reason, got.message)
+                    continue
         if got.fatal(strict):
             raise got.error()
         skips.add(got.reason, got.message)

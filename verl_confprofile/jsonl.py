@@ -182,6 +182,17 @@ def truncated_event(path: str | os.PathLike, lineno: int, sample_idx: int, user_
     )
 
 
+def voted_event(
+    path: str | os.PathLike, lineno: int, sample_idx: int, user_id: str, first: int | None, truncated: bool
+) -> SampleEvent | None:
+    """What a sample line folded into its user's tally reports, the same in every reader: a repeat
+    (``first``: the line of the copy already folded) is a duplicate_sample skip, a new sample cut
+    at the token limit a kept truncated_sample, any other nothing."""
+    if first is not None:
+        return duplicate_event(path, lineno, sample_idx, user_id, first)
+    return truncated_event(path, lineno, sample_idx, user_id, kept=True) if truncated else None
+
+
 def truncation_report(skips: "SkipLog", kept: "SkipLog", dropped: bool) -> dict:
     """The ``truncated_samples`` section of a report: how many samples were cut at the token
     limit, whether they were kept or dropped (``dropped``: ``drop_truncated``), the first messages."""
