@@ -45,10 +45,10 @@ def test_build_rl_wrote_a_labelled_validation_set(e2e_data):
 
 
 def test_sft_trainer_trains_and_writes_a_checkpoint(sft_run):
-    assert Path(sft_run.checkpoint).parent.name == "global_step_16"
+    assert Path(sft_run.checkpoint).parent.name == "global_step_8"
     assert (Path(sft_run.checkpoint) / "model.safetensors").is_file()
     losses = [s["train/loss"] for s in sft_run.steps]
-    assert len(losses) == 16  # trainer.total_training_steps
+    assert len(losses) == 8  # trainer.total_training_steps
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0
 
 

@@ -82,7 +82,7 @@ GRPO_TEST_OVERRIDES = (
     "actor_rollout_ref.actor.use_kl_loss=false",
     "actor_rollout_ref.actor.optim.lr=1e-4",
     "data.max_prompt_length=512",
-    "data.max_response_length=128",
+    "data.max_response_length=64",
     "trainer.total_training_steps=2",
     "trainer.val_before_train=true",
     "trainer.test_freq=2",
@@ -96,7 +96,7 @@ SFT_TEST_OVERRIDES = (
     "data.max_length=768",
     "optim.lr=1e-2",
     "trainer.total_epochs=1",
-    "trainer.total_training_steps=16",
+    "trainer.total_training_steps=8",
     f"trainer.seed={SEED}",
 )
 
