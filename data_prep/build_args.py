@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import random
 
+from verl_confprofile.input_check import ALLOW_MISMATCH_HELP
 from verl_confprofile.jsonl import DROP_TRUNCATED_HELP, STRICT_HELP, InputError
 from verl_confprofile.taxonomy import Taxonomy
-from verl_confprofile.voting import VOTING_METHODS
+from verl_confprofile.voting import VOTING_HELP, VOTING_METHODS
 
 from .budget import PromptBudget, load_tokenizer
 from .engine import ENGINES
@@ -17,7 +18,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the stages both builds share."""
     parser.add_argument("--records", required=True, help="user records JSONL: user_id, behaviors, demographics, labels")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--voting", choices=VOTING_METHODS, default="confidence", help="how samples are voted (Eq. 3-5)")
+    parser.add_argument("--voting", choices=VOTING_METHODS, default="confidence", help=VOTING_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (split, sampling)")
     parser.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
     parser.add_argument("--tokenizer", help="tokenizer directory used to count tokens (with --max-prompt-length; build-sft: --max-length)")
@@ -25,6 +26,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="local", help="where the per-user stages run (default: local)")
     parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
     parser.add_argument("--drop-truncated", action="store_true", help=DROP_TRUNCATED_HELP)
+    parser.add_argument("--allow-mismatch", action="store_true", help=ALLOW_MISMATCH_HELP)
 
 
 def prompt_budget(tokenizer: str | None, max_prompt_length: int | None, *, tokenizer_used: bool = False) -> PromptBudget | None:
@@ -64,12 +66,35 @@ def common_options(args: argparse.Namespace, tokenizer_used: bool = False) -> di
         "engine": args.engine,
         "strict": args.strict,
         "drop_truncated": args.drop_truncated,
+        "allow_mismatch": args.allow_mismatch,
     }
 
 
+# What each reason a build leaves something out for counts: records, sample lines or users.
+LEFT_OUT_UNITS = {
+    "no_behaviors": "records",
+    "broken_line": "sample lines",
+    "duplicate_sample": "sample lines",
+    "unknown_user": "sample lines",
+    "truncated_sample": "sample lines",
+    "no_samples": "users",
+    "prompt_too_long": "users",
+    "row_too_long": "users",
+}
+
+
 def left_out(report: dict) -> str:
-    """What a build left out, as 'reason=count, ...' ('none' when nothing) for its summary line."""
-    return ", ".join(f"{k}={v['count']}" for k, v in report["skipped"].items()) or "none"
+    """What a build left out, by what it is ('2 records (no_behaviors=2), 1 sample lines
+    (unknown_user=1)'; 'none' when nothing), then the values dropped from records, apart: they
+    leave nothing out. For the build's summary line."""
+    groups: dict[str, list[str]] = {unit: [] for unit in dict.fromkeys(LEFT_OUT_UNITS.values())}
+    totals = dict.fromkeys(groups, 0)
+    for reason, entry in report["skipped"].items():
+        groups[LEFT_OUT_UNITS[reason]].append(f"{reason}={entry['count']}")
+        totals[LEFT_OUT_UNITS[reason]] += entry["count"]
+    text = ", ".join(f"{totals[unit]} {unit} ({', '.join(parts)})" for unit, parts in groups.items() if parts) or "none"
+    dropped = ", ".join(f"{k}={v['count']}" for k, v in report["dropped_values"].items())
+    return f"{text}; values dropped from records: {dropped}" if dropped else text
 
 
 def check_val_fraction(fraction: float) -> None:

@@ -44,12 +44,19 @@ from .prepare import prepare, prompt_report
 
 DATA_SOURCE = "confprofile"
 ABILITY = "profiling"
-# Every file build-rl writes in --out; an earlier build's copy of any of them is removed first.
-OUTPUTS = ("rl_train.parquet", "rl_val.parquet", "report.json", "difficulty.png")
+# Every file build-rl writes in --out, put in place in this order when the build is complete
+# (the report last); an earlier build's copy of one it does not write again is removed.
+OUTPUTS = ("rl_train.parquet", "rl_val.parquet", "difficulty.png", "report.json")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("build-rl", help="build the RL set from student samples (reference confidence, difficulty filtering)")
+    p = subparsers.add_parser(
+        "build-rl",
+        help="build the RL set from student samples (reference confidence, difficulty filtering)",
+        description="From the SFT model's samples of the RL pool: each user's frozen reference confidence (build-sft's "
+        "calibration) and difficulty, a --shape filter over the difficulty levels, and the RL parquet verl's GRPO reads, "
+        "with report.json, into --out.",
+    )
     p.add_argument("--samples", required=True, help="student samples JSONL (one offline pass of the SFT model): user_id, sample_idx, model, text")
     p.add_argument("--calibration", required=True, help="calibration.json written by build-sft")
     add_common_arguments(p)
@@ -114,12 +121,13 @@ def build_rl(
     engine: str = "local",
     strict: bool = False,
     drop_truncated: bool = False,
+    allow_mismatch: bool = False,
 ) -> dict:
     """Build rl_train.parquet (and rl_val.parquet) in ``out``; return the report (also written to report.json)."""
     check_val_fraction(val_fraction)
     calibrator = Calibrator.load_for(calibration, taxonomy.keys)
     weights = difficulty.parse_shape(shape)
-    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict, drop_truncated)
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict, drop_truncated, allow_mismatch)
     refs = [ref_confidence(v, calibrator) for v in prep.votes]
     means = [difficulty.aggregate_confidence(r.values()) for r in refs]
     levels, cuts = difficulty.difficulty_levels(means)
@@ -158,7 +166,7 @@ def build_rl(
         report = {
             "command": "build-rl",
             "inputs": {"records": records, "samples": samples, "calibration": calibration, "taxonomy": taxonomy.source},
-            "options": {"voting": voting, "shape": shape, "size": size, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict, "drop_truncated": drop_truncated},
+            "options": {"voting": voting, "shape": shape, "size": size, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict, "drop_truncated": drop_truncated, "allow_mismatch": allow_mismatch},
             "counts": {
                 **prep.counts,
                 "rows": len(splits["train"]),
@@ -168,6 +176,8 @@ def build_rl(
                 "labels_outside_taxonomy": outside,
             },
             "skipped": prep.skips.to_dict(),
+            "dropped_values": prep.dropped.to_dict(),
+            "sample_match": prep.match.to_dict(),
             "truncated_samples": prep.truncation(),
             "prompts": prompt_report(prep, budget),
             "difficulty": {

@@ -38,12 +38,18 @@ from .outputs import OutputFolder, sft_table, write_parquet
 from .prepare import prepare, prompt_report
 
 NO_EVIDENCE = "No usable evidence for this dimension."
-# Every file build-sft writes in --out; an earlier build's copy of any of them is removed first.
-OUTPUTS = ("sft_train.parquet", "sft_val.parquet", "calibration.json", "report.json", "confidence.png")
+# Every file build-sft writes in --out, put in place in this order when the build is complete
+# (the report last); an earlier build's copy of one it does not write again is removed.
+OUTPUTS = ("sft_train.parquet", "sft_val.parquet", "calibration.json", "confidence.png", "report.json")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("build-sft", help="build the SFT set from teacher samples (voting, calibration, evidence)")
+    p = subparsers.add_parser(
+        "build-sft",
+        help="build the SFT set from teacher samples (voting, calibration, evidence)",
+        description="Vote each user's teacher samples (Eq. 3-5), calibrate the confidence to levels 1..5 and write the "
+        "SFT set verl's SFT trainer reads, with calibration.json (reused by build-rl) and report.json, into --out.",
+    )
     p.add_argument("--samples", required=True, help="teacher samples JSONL: user_id, sample_idx, model, text")
     add_common_arguments(p)
     p.add_argument("--no-calibration", action="store_true", help="linear confidence map instead of equal-frequency levels (Table 4 ablation)")
@@ -122,6 +128,7 @@ def build_sft(
     engine: str = "local",
     strict: bool = False,
     drop_truncated: bool = False,
+    allow_mismatch: bool = False,
     max_length: int | None = None,
     tokenizer: str | None = None,
 ) -> dict:
@@ -136,7 +143,7 @@ def build_sft(
     tokenizer = tokenizer or (budget.tokenizer if budget else None)
     if max_length is not None and (max_length <= 0 or tokenizer is None):
         raise ValueError(f"--max-length must be positive and needs --tokenizer, got {max_length}")
-    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict, drop_truncated)
+    prep = prepare(records, samples, taxonomy, voting, budget, make_engine(engine), strict, drop_truncated, allow_mismatch)
     calibrator = fit_calibrator(prep.votes, taxonomy, calibrate)
     val = val_users(len(prep.votes), val_fraction, seed)
     stats = _DimensionStats(taxonomy)
@@ -155,7 +162,7 @@ def build_sft(
         stats.add(user, target)
         (val_rows if i in val else train_rows).append(row)
     if not train_rows:
-        raise ValueError(f"no SFT row left to write ({left_out({'skipped': prep.skips.to_dict()})})")
+        raise ValueError(f"no SFT row left to write ({left_out({'skipped': prep.skips.to_dict(), 'dropped_values': prep.dropped.to_dict()})})")
     del rows
 
     with OutputFolder(out, OUTPUTS) as folder:
@@ -166,9 +173,11 @@ def build_sft(
         report = {
             "command": "build-sft",
             "inputs": {"records": records, "samples": samples, "taxonomy": taxonomy.source},
-            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict, "drop_truncated": drop_truncated},
+            "options": {"voting": voting, "calibration": calibrator.method, "val_fraction": val_fraction, "seed": seed, "engine": engine, "strict": strict, "drop_truncated": drop_truncated, "allow_mismatch": allow_mismatch},
             "counts": {**prep.counts, "train_rows": len(train_rows), "val_rows": len(val_rows)},
             "skipped": prep.skips.to_dict(),
+            "dropped_values": prep.dropped.to_dict(),
+            "sample_match": prep.match.to_dict(),
             "truncated_samples": prep.truncation(),
             "prompts": prompt_report(prep, budget),
             "rows": {

@@ -47,6 +47,7 @@ class LocalEngine:
     def vote(self, job: VoteJob) -> VoteStage:
         users, taxonomy, path = job.users, job.taxonomy, job.samples
         tallies: dict[int, UserTally] = {}
+        digests: dict[int, set[str]] = {}
         events: list[SampleEvent] = []
         lines = 0
         for lineno, line in iter_lines(path):
@@ -59,17 +60,19 @@ class LocalEngine:
                     raise got.error()
                 events.append(got)
                 continue
-            order, idx, text, truncated = got
+            order, idx, text, truncated, digest = got
             tally = tallies.get(order)
             if tally is None:
                 tally = tallies[order] = UserTally(taxonomy)
+            if digest is not None:
+                digests.setdefault(order, set()).add(digest)
             event = voted_event(path, lineno, idx, job.user_ids[order], tally.add_text(idx, lineno, text), truncated)
             if event is not None:
                 if event.fatal(job.strict):
                     raise event.error()
                 events.append(event)
         votes = {o: t.finish(job.user_ids[o], taxonomy, job.voting) for o, t in tallies.items()}
-        return vote_stage(votes, lines, events, job.strict)
+        return vote_stage(votes, lines, events, digests, job.strict)
 
     def map_batches(self, fn: Callable[[list[T]], list[R]], items: Sequence[T], batch_size: int = PROMPT_BATCH) -> list[R]:
         out: list[R] = []
@@ -115,27 +118,30 @@ def _parse_chunk(chunk: dict, job: VoteJob) -> list[dict]:
         if type(got) is SampleEvent:
             rows.append({"order": -1, "line": lineno, "payload": pickle.dumps(tuple(got))})
         else:
-            order, idx, text, truncated = got
+            order, idx, text, truncated, digest = got
             outputs = [tuple(o[:3]) for o in parse(text).values()]
-            rows.append({"order": order, "line": lineno, "payload": pickle.dumps((idx, outputs, truncated))})
+            rows.append({"order": order, "line": lineno, "payload": pickle.dumps((idx, outputs, truncated, digest))})
     return rows
 
 
 def _vote_group(batch: dict, job: VoteJob) -> dict:
-    """Ray task: one user's samples (or all left-out lines, order -1) -> one row with its vote and events."""
+    """Ray task: one user's samples (or all left-out lines, order -1) -> one row with its vote,
+    events and prompt digests."""
     order = int(batch["order"][0])
     ranked = sorted(zip(batch["line"].tolist(), batch["payload"]))
     if order < 0:
         events = [SampleEvent(*pickle.loads(p)) for _, p in ranked]
-        return {"order": [order], "lines": [len(ranked)], "vote": [b""], "events": [pickle.dumps(events)]}
-    tally, events, user_id = UserTally(job.taxonomy), [], job.user_ids[order]
+        return {"order": [order], "lines": [len(ranked)], "vote": [b""], "events": [pickle.dumps(events)], "digests": [pickle.dumps(set())]}
+    tally, events, digests, user_id = UserTally(job.taxonomy), [], set(), job.user_ids[order]
     for lineno, payload in ranked:
-        idx, outputs, truncated = pickle.loads(payload)
+        idx, outputs, truncated, digest = pickle.loads(payload)
         event = voted_event(job.samples, lineno, idx, user_id, tally.add(idx, lineno, outputs), truncated)
         if event is not None:
             events.append(event)
+        if digest is not None:
+            digests.add(digest)
     result = pickle.dumps(tally.finish(user_id, job.taxonomy, job.voting))
-    return {"order": [order], "lines": [len(ranked)], "vote": [result], "events": [pickle.dumps(events)]}
+    return {"order": [order], "lines": [len(ranked)], "vote": [result], "events": [pickle.dumps(events)], "digests": [pickle.dumps(digests)]}
 
 
 def _apply_batch(batch: dict, fn: Callable) -> dict:
@@ -162,7 +168,7 @@ class RayEngine:
     def vote(self, job: VoteJob) -> VoteStage:
         chunks = plan_chunks(job.samples, self.chunk_bytes)
         if not chunks:
-            return VoteStage([], 0, [])
+            return VoteStage([], 0, [], [])
         ray = self._ray()
         items = [{"start": s, "end": e, "first_line": f} for s, e, f in chunks]
         grouped = (
@@ -171,13 +177,14 @@ class RayEngine:
             .groupby("order")
             .map_groups(partial(_vote_group, job=job), batch_format="numpy")
         )
-        votes, lines, events = {}, 0, []
+        votes, lines, events, digests = {}, 0, [], {}
         for row in grouped.take_all():
             lines += int(row["lines"])
             events.extend(pickle.loads(row["events"]))
             if row["order"] >= 0:
                 votes[int(row["order"])] = pickle.loads(row["vote"])
-        return vote_stage(votes, lines, events, job.strict)
+                digests[int(row["order"])] = pickle.loads(row["digests"])
+        return vote_stage(votes, lines, events, digests, job.strict)
 
     def map_batches(self, fn: Callable[[list[T]], list[R]], items: Sequence[T], batch_size: int = PROMPT_BATCH) -> list[R]:
         if not items:

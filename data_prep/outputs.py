@@ -1,10 +1,11 @@
-"""Writing the datasets of the builds, into an output folder the build owns."""
+"""Writing outputs so that none is ever seen half-written: the output folder of a command, and the datasets of the builds."""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TextIO
 
 if TYPE_CHECKING:
     import pyarrow
@@ -12,55 +13,82 @@ if TYPE_CHECKING:
 ROW_GROUP = 2048  # rows per parquet row group
 
 
-class OutputFolder:
-    """The output folder of a build, which owns the files named in ``owned`` (the build's one list).
+TEMP_PREFIX = ".tmp-"  # an output is written as .tmp-NAME beside NAME (hidden, same extension), then renamed
 
-    On entering, every owned file an earlier build left there is removed (with the temporary
-    file of an interrupted write), before anything new is written: a file this build does not
-    write again (``sft_val.parquet`` after a rebuild without a split, say) cannot survive to be
-    taken for part of the new set, and a build that fails half-way leaves no mix of old and new
-    files (``report.json`` is written last but the plot, so its absence marks an incomplete
-    build). Other files in the folder are left alone. Every write goes through ``file(name)``,
-    which refuses a name missing from ``owned``: a new output is declared in the list or the
-    build fails, so the rule covers it without further code.
+
+class OutputFolder:
+    """The output folder of a command, which owns the files named in ``owned`` (its one list).
+
+    Every output is written under a temporary name (``file(name)`` gives it) and put in place
+    only when the whole ``with`` block succeeds, in the order of ``owned``: a command lists its
+    report last, so a folder with a report holds a complete set. On success the earlier report
+    is removed first, the new files are renamed into place, and then every owned file an earlier
+    run left that this one did not write (``sft_val.parquet`` after a rebuild without a split)
+    is removed and reported: no mix of two runs. On an error or Ctrl-C the temporary files are
+    removed and the folder is left as it was, and an OSError while writing a file (a full disk)
+    is raised again naming that file. Temporary files a killed run left (``.tmp-NAME`` of an
+    owned NAME) are removed on entering. Other files in the folder are never touched. ``file``
+    refuses a name missing from ``owned``: a new output is declared in the list or the command
+    fails, so the rule covers it without further code.
     """
 
-    def __init__(self, path: str, owned: Sequence[str]):
-        self.path = path
+    def __init__(self, path: str | os.PathLike, owned: Sequence[str]):
+        self.path = os.fspath(path) or "."
         self.owned = tuple(owned)
-        self.earlier: list[str] = []
         self.written: list[str] = []
+        self.stale: list[str] = []
+
+    def _temp(self, name: str) -> str:
+        return os.path.join(self.path, TEMP_PREFIX + name)
 
     def __enter__(self) -> "OutputFolder":
         os.makedirs(self.path, exist_ok=True)
         for name in self.owned:
-            for leftover in (name, f"{name}.tmp"):
-                target = os.path.join(self.path, leftover)
-                if os.path.lexists(target):
-                    os.remove(target)
-                    if leftover == name:
-                        self.earlier.append(name)
+            if os.path.lexists(self._temp(name)):
+                os.remove(self._temp(name))
         return self
 
     def file(self, name: str) -> str:
-        """The path to write the owned output ``name`` to."""
+        """The (temporary) path to write the owned output ``name`` to."""
         if name not in self.owned:
-            raise ValueError(f"{name!r} is not among the outputs this build owns ({', '.join(self.owned)}); declare it")
+            raise ValueError(f"{name!r} is not among the outputs this command owns ({', '.join(self.owned)}); declare it")
         self.written.append(name)
-        return os.path.join(self.path, name)
-
-    @property
-    def stale(self) -> list[str]:
-        """Owned files an earlier build left that this one did not write again (now removed)."""
-        return [name for name in self.earlier if name not in self.written]
+        return self._temp(name)
 
     def __exit__(self, kind, exc, tb) -> None:
-        if kind is None and self.stale:
-            print(f"{self.path}: removed {', '.join(self.stale)} left by an earlier build (not part of this one)", file=sys.stderr)
+        if kind is not None:
+            for name in self.written:
+                if os.path.lexists(self._temp(name)):
+                    os.remove(self._temp(name))
+            if isinstance(exc, OSError) and self.written:
+                target = os.path.join(self.path, self.written[-1])
+                raise OSError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+            return
+        report = os.path.join(self.path, self.owned[-1])
+        if len(self.written) > 1 and os.path.lexists(report):
+            os.remove(report)
+        for name in self.owned:
+            target = os.path.join(self.path, name)
+            if name in self.written:
+                os.replace(self._temp(name), target)
+            elif os.path.lexists(target):
+                os.remove(target)
+                self.stale.append(name)
+        if self.stale:
+            print(f"{self.path}: removed {', '.join(self.stale)} left by an earlier run (not part of this one)", file=sys.stderr)
+
+
+@contextmanager
+def output_file(path: str | os.PathLike) -> Iterator[TextIO]:
+    """One output text file, opened for writing and put in place whole or not at all (the
+    ``OutputFolder`` rule for a folder owning just that file)."""
+    folder, name = os.path.split(os.fspath(path))
+    with OutputFolder(folder, (name,)) as out, open(out.file(name), "w", encoding="utf-8") as fh:
+        yield fh
 
 
 def write_parquet(rows: list[dict], path: str, to_table: Callable[[list[dict]], "pyarrow.Table"] | None = None) -> None:
-    """Write rows to a parquet file, atomically (a crash never leaves half a dataset).
+    """Write rows to a parquet file (an ``OutputFolder`` file: it is put in place only when complete).
 
     Without ``to_table`` Arrow infers the types from all rows at once. With it (a converter to a
     fixed schema, such as ``sft_table``), rows are converted one row group at a time, so Arrow's
@@ -69,17 +97,15 @@ def write_parquet(rows: list[dict], path: str, to_table: Callable[[list[dict]], 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = f"{path}.tmp"
     if to_table is None:
-        pq.write_table(pa.Table.from_pylist(rows), tmp, row_group_size=ROW_GROUP)
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=ROW_GROUP)
     else:
         tables = (to_table(rows[start : start + ROW_GROUP]) for start in range(0, len(rows) or 1, ROW_GROUP))
         first = next(tables)
-        with pq.ParquetWriter(tmp, first.schema) as writer:
+        with pq.ParquetWriter(path, first.schema) as writer:
             writer.write_table(first)
             for table in tables:
                 writer.write_table(table)
-    os.replace(tmp, path)
 
 
 def sft_table(rows: list[dict]) -> "pyarrow.Table":

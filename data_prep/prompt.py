@@ -13,6 +13,7 @@ user that cannot fit even with no keyphrases left is reported, not silently cut.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import lru_cache
 from typing import Callable
@@ -36,7 +37,7 @@ def system_prompt(taxonomy: Taxonomy) -> str:
     Built once per taxonomy and shared by every prompt: it is the same text for every user, and
     building it is most of the cost of a prompt.
     """
-    dims = "\n".join(f"- {d.name} (<{d.key}>): " + "; ".join(d.labels) for d in taxonomy)
+    dims = "\n".join(f"- {d.name} (<{d.key}>): " + SEPARATOR.join(d.labels) for d in taxonomy)
     levels = {v: k for k, v in VERBAL_SCORES.items()}
     criteria = "\n".join(f"- {s} ({levels[s]}): {CONFIDENCE_CRITERIA[s]}" for s in sorted(CONFIDENCE_CRITERIA, reverse=True))
     example = "\n".join(f"<{d.key}><evidence>...</evidence><tag>...</tag><score>...</score></{d.key}>" for d in taxonomy)
@@ -59,23 +60,47 @@ Output format: one block per dimension, in this order, each with the evidence, t
 {example}"""
 
 
+SEPARATOR = "; "  # between the keyphrases of a behaviour list, and between the labels of a dimension
+
+
 def user_prompt(record: dict) -> str:
-    """The user's information: one line per behaviour list and per self-reported field."""
+    """The user's information: one line per behaviour list that has keyphrases and per self-reported field."""
+    behaviors = [(name, phrases) for name, phrases in (record.get("behaviors") or {}).items() if phrases]
     lines = ["User information:", "Behaviours:"]
-    lines += [f"- {name}: {'; '.join(map(str, phrases))}" for name, phrases in (record.get("behaviors") or {}).items()]
+    lines += [f"- {name}: {SEPARATOR.join(_phrase(str(p)) for p in phrases)}" for name, phrases in behaviors] or ["- none"]
     lines.append("Self-reported (may be missing or wrong):")
     lines += [f"- {key}: {_text(value)}" for key, value in (record.get("demographics") or {}).items()] or ["- none"]
     return "\n".join(lines)
 
 
+def _phrase(text: str) -> str:
+    """A keyphrase as written in its list: as it is, or as a JSON string when it holds the list's
+    separator ';', a line break or a leading quote, so the list reads one way only."""
+    return json.dumps(text, ensure_ascii=False) if ";" in text or _breaks_line(text) or text.startswith('"') else text
+
+
 def _text(value: object) -> str:
-    """A self-reported value as text: strings as they are, anything else as JSON (never a Python repr)."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    """A self-reported value as text: strings as they are (as JSON when they hold a line break or
+    start with a quote), anything else as JSON (never a Python repr)."""
+    if isinstance(value, str) and not (_breaks_line(value) or value.startswith('"')):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _breaks_line(text: str) -> bool:
+    """Whether ``text`` holds a line break (any str.splitlines one), which would start a false line."""
+    return text.splitlines() != [text]
 
 
 def messages(record: dict, taxonomy: Taxonomy) -> list[dict]:
     """The chat prompt for one user."""
     return [{"role": "system", "content": system_prompt(taxonomy)}, {"role": "user", "content": user_prompt(record)}]
+
+
+def prompt_digest(chat: list[dict]) -> str:
+    """The SHA-256 of a chat prompt as sent: synthesize stores it with each sample, so a resumed
+    run and the builds can tell samples drawn with another prompt."""
+    return hashlib.sha256(json.dumps(chat, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _drop(behaviors: dict[str, list], count: int) -> dict[str, list]:

@@ -20,6 +20,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from verl_confprofile.jsonl import InputError, read_jsonl
+from verl_confprofile.jsonl import field as checked_field
+
+# What each reason of ``RecordSet.dropped`` drops, for the messages.
+DROPPED_VALUES = {
+    "empty_keyphrase": "empty keyphrases",
+    "non_text_keyphrase": "keyphrases that are not text",
+    "empty_demographic": "empty self-reported fields",
+}
+
+
+def dropped_message(reason: str, count: int) -> str:
+    """'dropped N <what> (<reason>)': what a reason of ``RecordSet.dropped`` counts, in words."""
+    return f"dropped {count} {DROPPED_VALUES[reason]} ({reason})"
 
 
 @dataclass
@@ -58,10 +71,7 @@ def read_records(path: str | os.PathLike) -> RecordSet:
     lines: dict[str, int] = {}
     for lineno, rec in read_jsonl(path):
         where = f"{path}:{lineno}"
-        user = rec.get("user_id")
-        if not isinstance(user, (str, int)) or isinstance(user, bool):
-            raise InputError(f"{where}: field 'user_id' must be a string or an integer")
-        user = str(user)
+        user = str(checked_field(rec, "user_id", (str, int), path, lineno))
         if user in lines:
             raise InputError(f"{where}: duplicate user_id {user!r} (first at line {lines[user]})")
         lines[user] = lineno

@@ -19,9 +19,9 @@ from verl_confprofile.taxonomy import Taxonomy
 
 def read_sample(
     line: bytes, path: str, lineno: int, users: dict[str, int], drop_truncated: bool = False
-) -> tuple[int, int, str, bool] | SampleEvent | None:
-    """One samples-file line -> (record order, sample_idx, raw text, truncated) of a kept user's
-    sample, a SampleEvent, or None for a blank line.
+) -> tuple[int, int, str, bool, str | None] | SampleEvent | None:
+    """One samples-file line -> (record order, sample_idx, raw text, truncated, prompt digest) of a
+    kept user's sample, a SampleEvent, or None for a blank line.
 
     The line is read by ``jsonl.sample_line`` (the policy every command shares); a sample of a
     user without a kept record is a counted skip too, and so, with ``drop_truncated``, is a
@@ -30,13 +30,13 @@ def read_sample(
     got = sample_line(line, path, lineno)
     if got is None or type(got) is SampleEvent:
         return got
-    user, idx, text, truncated = got
+    user, idx, text, truncated, digest = got
     order = users.get(user)
     if order is None:
         return SampleEvent(lineno, "unknown_user", f"{path}:{lineno}: user {user!r} has no usable record; sample skipped")
     if truncated and drop_truncated:
         return truncated_event(path, lineno, idx, user, kept=False)
-    return order, idx, text, truncated
+    return order, idx, text, truncated, digest
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,24 @@ class VoteJob:
 
 @dataclass
 class VoteStage:
-    """Votes of the users that have samples (record order) and the sample lines left out or
-    voted but reported (truncated samples, ``SampleEvent.kept``), in line order."""
+    """Votes of the users that have samples (record order), the sample lines left out or
+    voted but reported (truncated samples, ``SampleEvent.kept``), in line order, and per voted
+    user the prompt digests its samples carry (empty when they carry none)."""
 
     votes: list[UserVote]
     lines: int  # non-blank lines of the samples file
     events: list[SampleEvent]
+    digests: list[frozenset[str]]
 
 
-def vote_stage(votes: dict[int, UserVote], lines: int, events: list[SampleEvent], strict: bool = False) -> VoteStage:
-    """The stage result from votes keyed by record order; the first fatal event (in line order) stops the build."""
+def vote_stage(
+    votes: dict[int, UserVote], lines: int, events: list[SampleEvent], digests: dict[int, set[str]], strict: bool = False
+) -> VoteStage:
+    """The stage result from votes and digests keyed by record order; the first fatal event (in
+    line order) stops the build."""
     events.sort()
     for event in events:
         if event.fatal(strict):
             raise event.error()
-    return VoteStage([votes[o] for o in sorted(votes)], lines, events)
+    order = sorted(votes)
+    return VoteStage([votes[o] for o in order], lines, events, [frozenset(digests.get(o, ())) for o in order])

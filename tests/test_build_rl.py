@@ -286,7 +286,7 @@ def test_drop_truncated_votes_without_them(small, tmp_path, capsys):
     assert report["skipped"] == {"truncated_sample": {"count": 1, "first": [message]}}
     assert report["truncated_samples"] == {"count": 1, "policy": "dropped", "first": [message]}
     assert report["counts"]["samples_used"] == 5
-    assert "(left out: truncated_sample=1; truncated samples: 1 dropped; prompts:" in capsys.readouterr().out
+    assert "(left out: 1 sample lines (truncated_sample=1); truncated samples: 1 dropped; prompts:" in capsys.readouterr().out
     # r2 is voted on its sample 1 alone (M = 1): gender Female S 3, s 3.0 -> above 1.0, 2.0 (not 3.0) -> 3;
     # age NA S 2, s 2.0 -> above 0.5, 1.5 -> 3; mean 3.0. Difficulty over the means {2.0, 3.0, 5.0},
     # one user each: q = 1/6, 3/6, 5/6 -> levels 1 + floor(5 q) = 1, 3, 5.
@@ -416,3 +416,19 @@ def test_every_declared_output_is_rewritten_or_removed(small, tmp_path):
     for name in OUTPUTS:
         assert not (out / name).exists() or (out / name).read_bytes() != b"stale", name
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_student_samples_of_another_taxonomy_stop_the_build(small, tmp_path, capsys):
+    # The calibration covers gender and age; samples answering another dimension are all malformed:
+    # 6 samples x 2 dimensions = 12 of 12 blocks (100% >= 90%).
+    taxonomy_file, records, _, calibration = small
+    samples = write_jsonl(tmp_path / "pets.jsonl", [sample(u, i, "<pet><evidence>e</evidence><tag>Dog</tag><score>5</score></pet>")
+                                                    for u in ("r1", "r2", "r3") for i in range(2)])
+    out = tmp_path / "rl"
+
+    assert build_rl(records, samples, calibration, out, "--taxonomy", str(taxonomy_file)) == 2
+
+    assert f"{samples}: 12 of 12 sample blocks (100%) are malformed" in capsys.readouterr().err
+    assert not out.exists()
+    assert build_rl(records, samples, calibration, out, "--taxonomy", str(taxonomy_file), "--allow-mismatch") == 0
+    assert read_report(out)["options"]["allow_mismatch"] is True

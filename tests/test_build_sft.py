@@ -266,7 +266,7 @@ def test_truncated_samples_are_kept_counted_and_reported(small, tmp_path, capsys
     assert report["counts"]["samples"] == 10 and report["counts"]["samples_used"] == 8
     for message in kept:
         assert f"warning: {message}" in captured.err
-    assert "(left out: duplicate_sample=1, unknown_user=1; truncated samples: 2 kept; prompts:" in captured.out
+    assert "(left out: 2 sample lines (duplicate_sample=1, unknown_user=1); truncated samples: 2 kept; prompts:" in captured.out
     # u1#2's whole blocks vote and u2#2's cut block is malformed, as without the marks.
     targets = {r["user_id"]: r["messages"][2]["content"] for r in rows_of(out / "sft_train.parquet")}
     assert targets == EXPECTED_TARGETS
@@ -289,7 +289,7 @@ def test_drop_truncated_skips_them_and_votes_the_rest(small, tmp_path, capsys):
     assert report["skipped"]["truncated_sample"]["first"] == dropped
     assert report["truncated_samples"] == {"count": 3, "policy": "dropped", "first": dropped}
     assert report["counts"]["samples"] == 10 and report["counts"]["samples_used"] == 6
-    assert "(left out: truncated_sample=3, unknown_user=1; truncated samples: 3 dropped; prompts:" in captured.out
+    assert "(left out: 4 sample lines (truncated_sample=3, unknown_user=1); truncated samples: 3 dropped; prompts:" in captured.out
     # Without u1#2 and u2#2 (M = 2 each):
     # u1 gender: S_Female = 5 (sample 0), S_Male = 2 (sample 1) -> Female, s = 2.5, evidence sample 0
     #    age:    S_24-30 = 4 (sample 0), S_18-23 = 5 (sample 1) -> 18-23, s = 2.5, evidence sample 1
@@ -528,7 +528,7 @@ def test_a_rebuild_removes_outputs_of_an_earlier_build_it_does_not_write(small, 
     assert not (out / "sft_val.parquet").exists()  # its users are in train now
     assert [r["user_id"] for r in rows_of(out / "sft_train.parquet")] == ["u1", "u2", "u3"]
     assert (out / "notes.txt").read_text() == "mine"
-    assert f"{out}: removed sft_val.parquet left by an earlier build" in capsys.readouterr().err
+    assert f"{out}: removed sft_val.parquet left by an earlier run" in capsys.readouterr().err
 
 
 def test_every_declared_output_is_rewritten_or_removed(small, tmp_path):
@@ -540,10 +540,10 @@ def test_every_declared_output_is_rewritten_or_removed(small, tmp_path):
     out.mkdir()
     for name in OUTPUTS:
         (out / name).write_bytes(b"stale")
-        (out / f"{name}.tmp").write_bytes(b"stale")
+        (out / f".tmp-{name}").write_bytes(b"stale")  # the temporary file of a killed build
     assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 0
     for name in OUTPUTS:
-        assert not (out / f"{name}.tmp").exists()
+        assert not (out / f".tmp-{name}").exists()
         assert not (out / name).exists() or (out / name).read_bytes() != b"stale", name
 
 
@@ -615,3 +615,125 @@ def test_max_length_needs_a_tokenizer(small, tmp_path, capsys):
     taxonomy_file, records, samples = small
     assert build_sft(records, samples, tmp_path / "sft", "--taxonomy", str(taxonomy_file), "--max-length", "100") == 2
     assert "--max-length must be positive and needs --tokenizer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- samples of another taxonomy or prompt
+
+
+def test_samples_of_another_taxonomy_stop_the_build(small, tmp_path, capsys):
+    # The hand-worked samples answer gender and age; read with a taxonomy of one other dimension,
+    # every block is malformed: 8 samples x 1 dimension = 8 of 8 blocks (100% >= 90%).
+    _, records, samples = small
+    other = tmp_path / "pets.yaml"
+    other.write_text("dimensions:\n  pet: {labels: [Dog, Cat, NA]}\n", encoding="utf-8")
+    out = tmp_path / "sft"
+
+    assert build_sft(records, samples, out, "--taxonomy", str(other)) == 2
+
+    err = capsys.readouterr().err
+    assert f"{samples}: 8 of 8 sample blocks (100%) are malformed for the taxonomy {other} (dimensions pet)" in err
+    assert "pass --allow-mismatch to go on anyway" in err
+    assert not out.exists()
+
+    assert build_sft(records, samples, out, "--taxonomy", str(other), "--allow-mismatch") == 0
+    assert "8 of 8 sample blocks (100%) are malformed" in capsys.readouterr().err
+    assert read_report(out)["sample_match"]["malformed_blocks"] == 8
+
+
+def test_mostly_malformed_samples_below_the_threshold_are_built(small, tmp_path):
+    # The hand-worked samples: 5 of 16 blocks malformed (31% < 90%): a result, not a mistake.
+    taxonomy_file, records, samples = small
+    assert build_sft(records, samples, tmp_path / "sft", "--taxonomy", str(taxonomy_file)) == 0
+    assert read_report(tmp_path / "sft")["sample_match"] == {
+        "malformed_blocks": 5, "blocks": 16, "users_compared_by_prompt": 0, "users_with_another_prompt": 0, "example": None,
+    }
+
+
+def synthesized(tmp_path, taxonomy_file, users):
+    """Records of ``users`` and their simulated teacher samples drawn with ``taxonomy_file``."""
+    records = write_jsonl(tmp_path / "records.jsonl", [record(u) for u in users])
+    samples = tmp_path / "teacher.jsonl"
+    assert main(["synthesize", "--records", str(records), "--out", str(samples), "--backend", "simulated",
+                 "--num-samples", "2", "--taxonomy", str(taxonomy_file)]) == 0
+    return records, samples
+
+
+def test_samples_drawn_with_another_prompt_stop_the_build(small, tmp_path, capsys):
+    # Sampled with the two-dimension taxonomy; built with one that adds a gender label: the blocks
+    # are still well-formed, but every user's prompt differs from the one the teacher was sent.
+    taxonomy_file, _, _ = small
+    records, samples = synthesized(tmp_path, taxonomy_file, ["u1", "u2", "u3"])
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(TAXONOMY_YAML.replace("[Female, Male, NA]", "[Female, Male, Other, NA]"), encoding="utf-8")
+    capsys.readouterr()
+
+    assert build_sft(records, samples, tmp_path / "sft", "--taxonomy", str(wider)) == 2
+    err = capsys.readouterr().err
+    assert f"{samples}: 3 of 3 users were sampled with another prompt than this command renders" in err
+    assert "e.g. user 'u1'" in err and not (tmp_path / "sft").exists()
+
+    assert build_sft(records, samples, tmp_path / "sft", "--taxonomy", str(taxonomy_file)) == 0
+    assert read_report(tmp_path / "sft")["sample_match"]["users_compared_by_prompt"] == 3
+    assert read_report(tmp_path / "sft")["sample_match"]["users_with_another_prompt"] == 0
+
+
+def test_a_few_users_with_another_prompt_are_a_warning_and_a_count(small, tmp_path, capsys):
+    taxonomy_file, _, _ = small
+    users = [f"u{i}" for i in range(10)]
+    records, samples = synthesized(tmp_path, taxonomy_file, users)
+    # u9 moved since it was sampled: its prompt is not the one its samples were drawn with.
+    changed = write_jsonl(tmp_path / "changed.jsonl", [record(u) for u in users[:9]] + [{**record("u9"), "demographics": {"region": "Wuhan"}}])
+    capsys.readouterr()
+
+    assert build_sft(changed, samples, tmp_path / "sft", "--taxonomy", str(taxonomy_file)) == 0
+
+    assert "1 of 10 users were sampled with another prompt" in capsys.readouterr().err
+    match = read_report(tmp_path / "sft")["sample_match"]
+    assert (match["users_compared_by_prompt"], match["users_with_another_prompt"], match["example"]) == (10, 1, "user 'u9'")
+
+
+# ---------------------------------------------------------------- no output looks complete unless it is
+
+
+def outputs_of(out):
+    return {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
+
+
+@pytest.mark.parametrize("failure, code, message", [
+    (KeyboardInterrupt(), 130, "confprofile build-sft: interrupted; outputs are put in place only when complete"),
+    (OSError(28, "No space left on device"), 2, "confidence.png: cannot write: No space left on device"),
+])
+def test_an_interrupted_or_failed_build_leaves_the_earlier_build_whole(small, tmp_path, capsys, monkeypatch, failure, code, message):
+    # The plot is drawn after every other file is written: a failure there used to leave the new
+    # parquet, calibration and report (and a raw traceback on Ctrl-C).
+    from verl_confprofile.data_prep import plots
+
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file), "--val-fraction", "0.34") == 0
+    earlier = outputs_of(out)
+    capsys.readouterr()
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(plots, "confidence_figure", fail)
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == code
+
+    assert message in capsys.readouterr().err
+    assert outputs_of(out) == earlier  # no new file, no temporary file, the earlier set untouched
+
+
+def test_a_build_interrupted_on_a_new_folder_leaves_no_output(small, tmp_path, monkeypatch, capsys):
+    from verl_confprofile.data_prep import plots
+
+    taxonomy_file, records, samples = small
+    out = tmp_path / "sft"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "confidence_figure", interrupt)
+    assert build_sft(records, samples, out, "--taxonomy", str(taxonomy_file)) == 130
+    assert outputs_of(out) == {}
+    assert "Traceback" not in capsys.readouterr().err

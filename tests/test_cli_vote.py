@@ -422,3 +422,57 @@ def test_a_voted_na_below_the_threshold_is_not_marked_thresholded(tmp_path):
     profile = read_jsonl(out)[0]["profile"]
     assert profile["pet"] == {**dim("NA", 1, 1, 1, confidence=1), "voted_tag": "NA", "thresholded": False}
     assert profile["home"] == {**dim("City", 2, 1, 2, confidence=2), "tag": "NA", "thresholded": True}
+
+
+def test_samples_of_another_taxonomy_stop_vote(tmp_path, capsys):
+    # Every sample answers a dimension the default taxonomy does not have: 2 samples x 6
+    # dimensions = 12 of 12 blocks malformed (100% >= 90%); no profile of all-NA users is written.
+    samples = write_jsonl(tmp_path / "pets.jsonl", [
+        {"user_id": "u", "sample_idx": i, "model": "m", "text": "<pet><evidence>e</evidence><tag>Dog</tag><score>5</score></pet>"}
+        for i in range(2)
+    ])
+    out = tmp_path / "profiles.jsonl"
+
+    assert run_vote(samples, out) == 2
+    err = capsys.readouterr().err
+    assert f"{samples}: 12 of 12 sample blocks (100%) are malformed for the taxonomy" in err and "--allow-mismatch" in err
+    assert not out.exists()
+    assert run_vote(samples, out, "--allow-mismatch") == 0
+    assert read_jsonl(out)[0]["malformed"]["gender"] == 2
+
+
+def test_vote_writes_its_output_whole_or_not_at_all(samples_file, tmp_path, capsys, monkeypatch):
+    from verl_confprofile import cli
+
+    out = tmp_path / "profiles.jsonl"
+    out.write_text("an earlier output\n")
+    calls = []
+
+    def write_then_interrupt(fh, record):
+        calls.append(record)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        fh.write("x\n")
+
+    monkeypatch.setattr(cli, "write_line", write_then_interrupt)
+    assert run_vote(samples_file, out) == 130
+    assert "confprofile vote: interrupted" in capsys.readouterr().err
+    assert out.read_text() == "an earlier output\n" and sorted(p.name for p in tmp_path.iterdir()) == ["profiles.jsonl", "samples.jsonl"]
+
+
+def test_help_describes_every_command_and_shows_defaults(capsys):
+    from verl_confprofile.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        assert parser.description, name
+    help_text = commands["vote"].format_help()
+    assert "--voting {confidence,majority}" in help_text and "(default: confidence)" in help_text
+    assert "majority: by vote count" in help_text
+    assert "(default: 0)" in commands["build-rl"].format_help()  # --seed
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    from importlib.metadata import version
+
+    assert capsys.readouterr().out == f"confprofile {version('verl-confprofile')}\n"

@@ -1,6 +1,7 @@
 """`confprofile eval` end to end on a hand-written labelled set; every expected number worked by hand."""
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from fractions import Fraction as F
@@ -272,7 +273,7 @@ def test_one_sample_per_user_confidence_is_own_score(files, capsys):
         "thresholds": [1, 2, 3, 4, 5],
     }
     out = capsys.readouterr().out
-    assert "single: 3 users evaluated, 1 labelled users without samples, 2 unknown users" in out
+    assert "single: 3 users evaluated, 1 labelled users without samples, 2 users with samples but no labelled record (ignored)" in out
 
 
 def test_several_samples_per_user_voted_and_calibrated(files):
@@ -494,3 +495,15 @@ def test_a_null_label_is_no_label(files, tmp_path):
     assert report["records"]["labelled_users"] == 4  # u1, u2, u3, 4: not u8
     assert report["records"]["unlabelled_records"] == 2  # u5 and u8
     assert report["counts"]["missing_users"] == 1  # user 4 only; u8 is not a labelled user without samples
+
+
+def test_an_interrupted_eval_leaves_no_report(files, capsys, monkeypatch):
+    from verl_confprofile import evaluate
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "report_json", interrupt)  # after the plots and report.md are written
+    assert run_eval(files, files["single"]) == 130
+    assert "confprofile eval: interrupted" in capsys.readouterr().err
+    assert not os.path.exists(files["out"]) or os.listdir(files["out"]) == []

@@ -125,6 +125,14 @@ def test_a_line_without_the_sample_fields_is_always_an_error(tmp_path):
 # ---------------------------------------------------------------- user ids
 
 
+def test_a_user_id_beyond_64_bits_is_named_with_advice(tmp_path):
+    # orjson reads a 24-digit integer as a float: refused as such, not as "must be str or int".
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"user_id": 123456789012345678901234, "sample_idx": 0, "text": ""}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"big.jsonl:1: field 'user_id' is an integer of more than 64 bits.*in quotes"):
+        read_samples(path, TAX)
+
+
 def test_an_integer_user_id_is_the_string_of_its_digits(tmp_path):
     assert sample_fields(sample(7, 0), "s.jsonl", 1) == ("7", 0, ANSWER)
     path = tmp_path / "ids.jsonl"
@@ -148,6 +156,6 @@ def test_strict_in_the_builds_stops_on_a_repeated_sample_in_both_engines(tmp_pat
         LocalEngine().vote(strict)
     # The Ray engine collects the events of every group and hands them to vote_stage.
     events = [SampleEvent(2, "duplicate_sample", f"{path}:2: duplicate ...; skipped"), SampleEvent(1, "unknown_user", "x")]
-    assert vote_stage({}, 2, list(events)).events == sorted(events)
+    assert vote_stage({}, 2, list(events), {}).events == sorted(events)
     with pytest.raises(InputError, match=r"dup.jsonl:2: duplicate ...$"):
-        vote_stage({}, 2, list(events), strict=True)
+        vote_stage({}, 2, list(events), {}, strict=True)

@@ -19,8 +19,8 @@ def test_defaults_are_the_papers():
 
 
 def test_options_from_an_omegaconf_block():
-    options = read_options(OmegaConf.create({"voting": "majority", "weight_min": 0.0, "group_timeout_s": 5}))
-    assert options.spec.voting == "majority" and options.spec.weight_min == 0.0 and options.group_timeout_s == 5.0
+    options = read_options(OmegaConf.create({"voting": "majority", "weight_min": 0.1, "group_timeout_s": 5}))
+    assert options.spec.voting == "majority" and options.spec.weight_min == 0.1 and options.group_timeout_s == 5.0
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,12 @@ def test_options_from_an_omegaconf_block():
         ({"group_timeout_s": 0}, "confprofile.group_timeout_s=0"),
         ({"weight_min": 0.9, "weight_max": 0.5}, "weight_min=0.9 exceeds weight_max=0.5"),
         ({"format_penalty": "high"}, "confprofile.format_penalty='high'"),
+        # Values that invert the method: a malformed block paid, a wrong tag free or rewarded.
+        ({"format_penalty": 5}, "confprofile.format_penalty=5: must be at most 0"),
+        ({"format_penalty": 0.5}, "confprofile.format_penalty=0.5: must be at most 0"),
+        ({"weight_min": -5}, "confprofile.weight_min=-5: must be above 0"),
+        ({"weight_min": 0, "weight_max": 1.0}, "confprofile.weight_min=0: must be above 0"),
+        ({"weight_min": -1, "weight_max": -0.5}, "confprofile.weight_min=-1: must be above 0"),
         ({"taxonomy": "/no/such/taxonomy.yaml"}, "/no/such/taxonomy.yaml"),
     ],
 )
@@ -40,6 +46,11 @@ def test_bad_options_are_errors_naming_the_option(block, message):
     with pytest.raises(ValueError) as err:
         read_options(block)
     assert message in str(err.value)
+
+
+def test_a_zero_format_penalty_is_an_ablation_not_an_inversion():
+    # 0 pays a malformed block nothing, less than any correct tag (w >= weight_min > 0): allowed.
+    assert read_options({"format_penalty": 0}).spec.format_penalty == 0
 
 
 def config(batch, n, workers, **extra):

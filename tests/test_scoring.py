@@ -94,11 +94,11 @@ def test_no_weighting():
 
 
 def test_custom_penalty_and_weight_range():
-    # w(C) = 0 + (C - 1) * (2 - 0) / 4 = (C - 1) / 2: w(5) = 2.0 (color), w(2) = 0.5 (size).
-    # r1: +2.0 -0.5 = 1.5; r2: +2.0 +0.5 = 2.5; r3: -2.0 + (-0.5 penalty) = -2.5; r4: -2.0 +0.5 = -1.5
-    spec = RewardSpec(format_penalty=-0.5, weight_min=0.0, weight_max=2.0)
+    # w(C) = 0.4 + (C - 1) * (2 - 0.4) / 4 = 0.4 C: w(5) = 2.0 (color), w(2) = 0.8 (size).
+    # r1: +2.0 -0.8 = 1.2; r2: +2.0 +0.8 = 2.8; r3: -2.0 + (-0.5 penalty) = -2.5; r4: -2.0 +0.8 = -1.2
+    spec = RewardSpec(format_penalty=-0.5, weight_min=0.4, weight_max=2.0)
     _, rewards = group_rewards(GROUP, TAX, spec, REF)
-    assert totals(rewards) == pytest.approx([1.5, 2.5, -2.5, -1.5])
+    assert totals(rewards) == pytest.approx([1.2, 2.8, -2.5, -1.2])
     assert rewards[2].parts["size"].value == -0.5
 
 

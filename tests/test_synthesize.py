@@ -798,3 +798,104 @@ def test_an_endpoint_that_goes_silent_stops_the_run_with_progress_lines(tmp_path
     # stderr is not a terminal here: no progress bar, progress lines instead, also while nothing arrives
     progress = [line for line in err.splitlines() if line.startswith("synthesize: 2/6 samples")]
     assert len(progress) >= 3
+
+
+# ---------------------------------------------------------------- looking before paying, nothing to do
+
+
+def simulated(records, out, *extra, num_samples=2):
+    return main(["synthesize", "--records", str(records), "--out", str(out), "--backend", "simulated",
+                 "--num-samples", str(num_samples), *extra])
+
+
+@pytest.mark.parametrize("lines", [[], ['{"user_id": "u0", "behaviors": {"watched": [null, ""]}}']], ids=["empty", "all skipped"])
+def test_a_records_file_without_a_user_to_sample_is_an_error(tmp_path, capsys, lines):
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    out = tmp_path / "samples.jsonl"
+
+    assert simulated(records, out) == 2
+
+    err = capsys.readouterr().err
+    assert f"{records}: no user to sample ({len(lines)} records; skipped: {'no_behaviors=1' if lines else 'none'}" in err
+    assert not out.exists()  # not even an empty samples file
+
+
+def test_a_file_that_is_not_a_samples_file_is_never_cut(tmp_path, capsys):
+    # One line of notes without a newline does not parse, but it is not the start of a sample
+    # line: the file is someone else's, so the run stops and the file is left as it was.
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes", encoding="utf-8")
+
+    assert simulated(records, notes) == 2
+
+    assert notes.read_text(encoding="utf-8") == "my notes"
+    assert f"{notes}:1: not a sample line" in capsys.readouterr().err
+    # The same after complete samples: only a remainder of a sample line is cut.
+    out = tmp_path / "samples.jsonl"
+    assert simulated(records, out, num_samples=1) == 0
+    before = out.read_bytes()
+    with open(out, "ab") as fh:
+        fh.write(b"appended by hand")
+    assert simulated(records, out) == 2
+    assert out.read_bytes() == before + b"appended by hand"
+
+
+@pytest.mark.parametrize("partial", ['{"us', '{"user_id": "u0", "sample_idx": 1, "mo'])
+def test_the_remainder_of_a_first_interrupted_write_is_cut(tmp_path, capsys, partial):
+    # A write cut in the very first line of a new file: a prefix of how every sample line starts.
+    records = write_records(tmp_path / "records.jsonl", ["u0"])
+    out = tmp_path / "samples.jsonl"
+    out.write_text(partial, encoding="utf-8")
+
+    assert simulated(records, out) == 0
+
+    assert f"removed an incomplete last line ({len(partial)} bytes)" in capsys.readouterr().out
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1)]
+
+
+def test_limit_samples_the_first_users_and_a_later_run_adds_the_rest(tmp_path, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1", "u2"], ['{"user_id": "u3", "behaviors": {"watched": []}}'])
+    out = tmp_path / "samples.jsonl"
+
+    assert simulated(records, out, "--limit", "2") == 0
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1)]
+    assert "2 users (--limit 2: the first of 3) x 2 samples: 0 already in" in capsys.readouterr().out
+
+    assert simulated(records, out) == 0  # the same command without --limit: only u2 is drawn
+    assert pairs(read_samples(out)) == [("u0", 0), ("u0", 1), ("u1", 0), ("u1", 1), ("u2", 0), ("u2", 1)]
+    assert "3 users x 2 samples: 4 already in" in capsys.readouterr().out
+
+
+def test_limit_still_checks_every_line_on_disk(tmp_path, capsys):
+    # u1's samples, beyond --limit 1, were drawn with another record: still refused.
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+    assert simulated(records, out) == 0
+    changed = write_records(tmp_path / "changed.jsonl", ["u0"], ['{"user_id": "u1", "behaviors": {"watched": ["other"]}}'])
+    assert simulated(changed, out, "--limit", "1") == 2
+    assert "user 'u1' was sampled with another prompt" in capsys.readouterr().err
+
+
+def test_prompt_prints_the_exact_prompt_synthesize_sends(tmp_path, capsys):
+    records = write_records(tmp_path / "records.jsonl", ["u0", "u1"])
+    out = tmp_path / "samples.jsonl"
+    assert simulated(records, out, num_samples=1) == 0
+    sent = {s["user_id"]: s["prompt_sha256"] for s in read_samples(out)}
+    capsys.readouterr()
+
+    assert main(["prompt", "--records", records, "--user", "u1", "--json"]) == 0
+
+    printed = capsys.readouterr()
+    chat = json.loads(printed.out)
+    assert [m["role"] for m in chat] == ["system", "user"] and "clue-u1" in chat[1]["content"]
+    digest = hashlib.sha256(json.dumps(chat, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+    assert digest == sent["u1"] and f"prompt_sha256 {sent['u1']}" in printed.err
+
+    assert main(["prompt", "--records", records, "--user", "u1"]) == 0
+    text = capsys.readouterr().out
+    assert text == f"=== system ===\n{chat[0]['content']}\n\n=== user ===\n{chat[1]['content']}\n"
+
+    assert main(["prompt", "--records", records, "--user", "u9"]) == 2
+    assert f"{records}: no record of user 'u9'" in capsys.readouterr().err

@@ -307,6 +307,30 @@ def test_label_with_angle_bracket_is_an_error(tmp_path):
     )
 
 
+@pytest.mark.parametrize("label", ['"Dog; Cat"', '"Dog\\nCat"'])
+def test_a_label_holding_the_prompts_separator_or_a_line_break_is_an_error(tmp_path, label):
+    # The prompt lists a dimension's labels as "Dog; Cat; NA": a label "Dog; Cat" would read as two.
+    message = assert_error(tmp_path, f"dimensions:\n  pet:\n    labels: [{label}, Bird, NA]\n", "dimensions.pet.labels: label")
+    assert "';' (the prompt's separator between labels)" in message and "on one line" in message
+
+
+@pytest.mark.parametrize("labels, shown, kind", [
+    ("[2020, 2021, NA]", "2020", "a number"),
+    ("[yes, no, NA]", "True", "a boolean (YAML reads yes, no, on, off"),
+    ("[1.5, NA]", "1.5", "a number"),
+    ("[~, a, NA]", "None", "null"),
+])
+def test_a_label_yaml_reads_as_another_type_is_named_with_advice(tmp_path, labels, shown, kind):
+    message = assert_error(tmp_path, f"dimensions:\n  year:\n    labels: {labels}\n",
+                           f"dimensions.year.labels: label {shown} is {kind}", "write it in quotes")
+
+
+def test_an_alias_yaml_reads_as_a_number_is_named(tmp_path):
+    assert_error(tmp_path, "dimensions:\n  year:\n    labels: [old, NA]\n    aliases: {old: [1990]}\n",
+                 "dimensions.year.aliases.old: alias 1990 is a number")
+    assert_error(tmp_path, "na_label: 0\ndimensions:\n  year:\n    labels: [old, NA]\n", "na_label: label 0 is a number")
+
+
 def test_invalid_yaml_is_an_error(tmp_path):
     assert_error(tmp_path, "dimensions:\n  gender: [Female, Male\n    labels: {\n", "invalid YAML")
 

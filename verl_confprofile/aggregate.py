@@ -45,7 +45,7 @@ def read_samples(
         if got is None:
             continue
         if type(got) is not SampleEvent:
-            user, idx, text, cut = got
+            user, idx, text, cut = got[:4]
             if cut and drop_truncated:
                 got = truncated_event(path, lineno, idx, user, kept=False)
             else:

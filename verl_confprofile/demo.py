@@ -14,7 +14,8 @@ import os
 import statistics
 from pathlib import Path
 
-from .jsonl import write_line
+from .data_prep.outputs import output_file
+from .jsonl import InputError, write_line
 from .metrics import average_scores, profile_scores
 from .output_guard import declare
 from .taxonomy import Taxonomy
@@ -23,6 +24,10 @@ STAGES = 7
 # The RL pool is half the users, and the m-shape filter needs a user at each of the 5 difficulty levels.
 MIN_USERS = 10
 SAMPLE_FILES = ("teacher_samples.jsonl", "student_samples.jsonl", "eval_samples.jsonl")
+# Written first into a demo's --out: a folder holding it is a demo's own, which a later demo may
+# replace files in; any other folder that is not empty belongs to someone else.
+MARKER = ".confprofile-demo"
+GRPO_PROMPTS, GRPO_ROLLOUTS = 16, 8
 
 
 class DemoError(ValueError):
@@ -41,11 +46,16 @@ def _users(text: str) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the whole pipeline on a simulated population (CPU, no network)")
-    p.add_argument("--out", default="out/demo", help="folder for every artifact (default: out/demo)")
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on a simulated population (CPU, no network)",
+        description="Run every stage of the method on simulated users, with a simulated teacher, student and policy. "
+        "--out must be a new or empty folder, or one an earlier demo wrote: the demo replaces the files there.",
+    )
+    p.add_argument("--out", default="out/demo", help="folder for every artifact: new, empty or an earlier demo's (default: out/demo)")
     p.add_argument("--users", type=_users, default=400,
                    help=f"simulated users in the SFT pool (RL and eval pools: half; at least {MIN_USERS})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated population and of every sample")
     p.set_defaults(func=run)
     declare(p, inputs=(), folder=True)
 
@@ -59,12 +69,30 @@ def _command(argv: list[str]) -> None:
     from .cli import main
 
     print("    $ confprofile " + " ".join(argv), flush=True)
-    if main(argv) != 0:
+    code = main(argv)
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
         raise DemoError(f"stage `confprofile {argv[0]}` failed (its error is above)")
 
 
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the demo's own folder, refusing one that holds files the demo did not write.
+
+    The demo replaces its files and deletes its samples files on every run, so a folder of
+    anyone else's (a project with the recipes' data/ layout, say) must never be taken for it.
+    """
+    if out.is_dir() and not (out / MARKER).exists() and any(out.iterdir()):
+        raise InputError(
+            f"--out {out}: is not empty and was not written by the demo (no {MARKER} in it); the demo replaces and "
+            "deletes files in its folder, so give a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("This folder is written by `confprofile demo`, which replaces its files on every run.\n", encoding="utf-8")
+
+
 def _write_records(path: Path, population, users: list[str], labels: bool) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    with output_file(path) as fh:
         for user in users:
             write_line(fh, population.record(user, with_labels=labels))
 
@@ -138,12 +166,15 @@ def _configs_dir() -> str:
 
 
 def run(args: argparse.Namespace) -> None:
+    import pyarrow.parquet as pq
+
     from .data_prep.simulated import SimulatedPopulation
     from .offline_tokenizer import build_qwen_tokenizer
 
     out = Path(args.out)
+    claim_folder(out)
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(exist_ok=True)
     # A demo draws its samples afresh: the files of an earlier demo (another --seed or --users)
     # are not something to resume from, and synthesize would refuse them.
     for name in SAMPLE_FILES:
@@ -180,10 +211,13 @@ def run(args: argparse.Namespace) -> None:
     _command(["build-rl", "--records", str(data / "rl_records.jsonl"), "--samples", str(student),
               "--calibration", str(out / "sft" / "calibration.json"), "--out", str(out / "rl"), "--shape", "m"])
 
-    _say(5, "one GRPO step: 16 prompts x 8 simulated rollouts through verl's RewardLoopManager with reward.reward_manager.name=confprofile")
+    prompts = min(GRPO_PROMPTS, pq.read_metadata(out / "rl" / "rl_train.parquet").num_rows)
+    _say(5, f"one GRPO step: {prompts} prompts x {GRPO_ROLLOUTS} simulated rollouts through verl's RewardLoopManager "
+         "with reward.reward_manager.name=confprofile")
     tokenizer_dir = build_qwen_tokenizer(str(out / "tokenizer"))
-    step = grpo_step(out / "rl", population, tokenizer_dir, prompts=16, n=8)
-    (out / "grpo_step.json").write_text(json.dumps(step, indent=2) + "\n")
+    step = grpo_step(out / "rl", population, tokenizer_dir, prompts=prompts, n=GRPO_ROLLOUTS)
+    with output_file(out / "grpo_step.json") as fh:
+        fh.write(json.dumps(step, indent=2) + "\n")
     for key, value in step.items():
         print(f"    {key}: {value:.3f}" if isinstance(value, float) else f"    {key}: {value}")
 

@@ -39,14 +39,17 @@ from typing import Mapping, Sequence
 
 from .aggregate import profile_record, read_samples
 from .calibration import Calibrator
+from .data_prep.outputs import OutputFolder
 from .data_prep.records import read_records
 from .jsonl import DROP_TRUNCATED_HELP, STRICT_HELP, InputError, SkipLog, truncation_report, truncation_summary, write_json
 from .metrics import DEFINITIONS, PRF, THRESHOLDS, threshold_sweep
 from .output_guard import declare
 from .taxonomy import Taxonomy
-from .voting import VOTING_METHODS
+from .voting import VOTING_HELP, VOTING_METHODS
 
 AVERAGE_KEY = "average"
+# The files eval writes in --out, put in place in this order when all are written (the reports last).
+OUTPUTS = ("precision_recall.png", "precision_recall_by_dimension.png", "report.md", "report.json")
 EXAMPLES = 10  # user ids listed per count in the reports
 RECALL_DEFINITIONS = {
     "paper": "paper: answered / gold-labelled users (Table 7)",
@@ -345,15 +348,15 @@ def _pr_line(ax, run: RunResult, index: int, point) -> None:
         ax.annotate(label, xy, textcoords="offset points", xytext=(4, 4 - 10 * index), fontsize=8, color=line.get_color())
 
 
-def write_plots(runs: Sequence[RunResult], taxonomy: Taxonomy, out_dir: str | os.PathLike) -> list[Path]:
-    """precision_recall.png (Figure 5: average P vs R, one line per run) and one panel per dimension.
+def write_plots(runs: Sequence[RunResult], taxonomy: Taxonomy, average_png: str, by_dim_png: str) -> None:
+    """Figure 5 (average precision vs recall, one line per run) to ``average_png`` and one panel
+    per dimension to ``by_dim_png``, both PNG.
 
     Figures are drawn on matplotlib's Agg canvas directly, so no pyplot state or display is used.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    out_dir = Path(out_dir)
     fig = Figure(figsize=(6.4, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -362,8 +365,7 @@ def write_plots(runs: Sequence[RunResult], taxonomy: Taxonomy, out_dir: str | os
     _pr_axes(ax, "Average precision vs recall across confidence thresholds τ")
     ax.legend()
     fig.tight_layout()
-    average_png = out_dir / "precision_recall.png"
-    fig.savefig(average_png, dpi=120)
+    fig.savefig(average_png, dpi=120, format="png")
 
     dims = list(runs[0].sweep[1][0])
     cols = min(3, len(dims))
@@ -377,9 +379,7 @@ def write_plots(runs: Sequence[RunResult], taxonomy: Taxonomy, out_dir: str | os
         _pr_axes(ax, taxonomy[dim].name)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    by_dim_png = out_dir / "precision_recall_by_dimension.png"
-    fig.savefig(by_dim_png, dpi=100)
-    return [average_png, by_dim_png]
+    fig.savefig(by_dim_png, dpi=100, format="png")
 
 
 # ---------------------------------------------------------------- command line
@@ -438,20 +438,21 @@ def run(args: argparse.Namespace) -> None:
         "drop_truncated": args.drop_truncated,
         "thresholds": list(THRESHOLDS),
     }
+    with OutputFolder(args.out, OUTPUTS) as folder:
+        write_plots(runs, taxonomy, folder.file(OUTPUTS[0]), folder.file(OUTPUTS[1]))
+        with open(folder.file("report.md"), "w", encoding="utf-8") as fh:
+            fh.write(report_markdown(runs, gold, taxonomy, options))
+        write_json(report_json(runs, gold, options), folder.file("report.json"))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(report_json(runs, gold, options), out / "report.json")
-    (out / "report.md").write_text(report_markdown(runs, gold, taxonomy, options), encoding="utf-8")
-    plots = write_plots(runs, taxonomy, out)
     for r in runs:
         avg = r.sweep[1][1]
         c = r.counts
         print(
             f"{r.name}: {c['users_evaluated']} users evaluated, {c['missing_users']} labelled users without samples, "
-            f"{c['unknown_users']} unknown users, {truncation_summary(c['truncated_samples'])}; tau=1 precision {_pct(avg['precision'])}, recall {_pct(avg['recall'])}, "
+            f"{c['unknown_users']} users with samples but no labelled record (ignored), {truncation_summary(c['truncated_samples'])}; tau=1 precision {_pct(avg['precision'])}, recall {_pct(avg['recall'])}, "
             f"F1 of means {_pct(avg['f1_of_means'])}, mean F1 {_pct(avg['f1_mean'])}"
         )
-    print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {', '.join(map(str, plots))}")
+    print(f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -466,7 +467,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for report.md, report.json and the plots")
     p.add_argument("--name", action="append", metavar="NAME", help="name of each --samples run, in the same order (default: file stem)")
     p.add_argument("--calibration", metavar="FILE", help="calibration JSON; without it, confidence is the linear map of S/M (one sample: its own score)")
-    p.add_argument("--voting", choices=VOTING_METHODS, default="confidence", help="how several samples of a user are combined")
+    p.add_argument("--voting", choices=VOTING_METHODS, default="confidence", help=f"how the samples of a user are combined: {VOTING_HELP}")
     p.add_argument(
         "--definition",
         choices=DEFINITIONS,

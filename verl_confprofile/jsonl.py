@@ -101,6 +101,11 @@ def field(obj: dict, name: str, kind: type | tuple[type, ...], path: str | os.Pa
         raise InputError(f"{path}:{lineno}: missing field {name!r}")
     value = obj[name]
     if not isinstance(value, kind) or isinstance(value, bool):
+        if type(value) is float and int in (kind if isinstance(kind, tuple) else (kind,)) and value.is_integer():
+            raise InputError(
+                f"{path}:{lineno}: field {name!r} is an integer of more than 64 bits, which JSON readers take for a "
+                f"float ({value!r}, digits lost): write it as a string, in quotes"
+            )
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise InputError(f"{path}:{lineno}: field {name!r} must be {want}, got {type(value).__name__}")
     return value
@@ -123,12 +128,15 @@ def sample_fields(obj: dict, path: str | os.PathLike, lineno: int) -> tuple[str,
 
 
 class Sample(NamedTuple):
-    """The fields of a samples-file line that a command uses; ``truncated``: finish_reason "length"."""
+    """The fields of a samples-file line that a command uses; ``truncated``: finish_reason "length";
+    ``prompt_sha256``: the digest of the prompt it was drawn with, as synthesize records it (None
+    for a sample written by something else)."""
 
     user_id: str
     sample_idx: int
     text: str
     truncated: bool
+    prompt_sha256: str | None = None
 
 
 class SampleEvent(NamedTuple):
@@ -162,7 +170,8 @@ def sample_line(line: bytes, path: str | os.PathLike, lineno: int) -> Sample | S
         user, idx, text = sample_fields(obj, path, lineno)
     except InputError as exc:
         return SampleEvent(lineno, "error", str(exc))
-    return Sample(user, idx, text, obj.get("finish_reason") == "length")
+    digest = obj.get("prompt_sha256")
+    return Sample(user, idx, text, obj.get("finish_reason") == "length", digest if type(digest) is str else None)
 
 
 def duplicate_event(path: str | os.PathLike, lineno: int, sample_idx: int, user_id: str, first: int) -> SampleEvent:

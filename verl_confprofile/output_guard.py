@@ -20,8 +20,9 @@ from .jsonl import InputError
 PathArg = Union[str, os.PathLike, None]
 
 
-def declare(parser: argparse.ArgumentParser, *, inputs: Sequence[str], out: str = "out", folder: bool) -> None:
-    """Record on ``parser`` which of its options are inputs and which is the output (a folder or a file)."""
+def declare(parser: argparse.ArgumentParser, *, inputs: Sequence[str], out: str | None = "out", folder: bool) -> None:
+    """Record on ``parser`` which of its options are inputs and which is the output (a folder or a
+    file); ``out=None`` declares a command that writes no file (it only prints)."""
     parser.set_defaults(_guard_inputs=tuple(inputs), _guard_out=(out, folder))
 
 
@@ -31,6 +32,8 @@ def check_args(args: argparse.Namespace) -> None:
     if declared is None:
         return
     out, folder = declared
+    if out is None:
+        return
     inputs = {f"--{name.replace('_', '-')}": getattr(args, name, None) for name in args._guard_inputs}
     refuse_overwrite(inputs, getattr(args, out), folder=folder, option=f"--{out.replace('_', '-')}")
 

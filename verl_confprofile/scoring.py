@@ -44,6 +44,17 @@ class RewardSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
                 raise ValueError(f"confprofile.{name}={value!r}: expected a finite number")
+        # Values that invert the method: a malformed block paid, or a wrong tag rewarded (w <= 0 turns -w into >= 0).
+        if self.format_penalty > 0:
+            raise ValueError(
+                f"confprofile.format_penalty={self.format_penalty}: must be at most 0 (the paper: -1); a positive value "
+                "pays a malformed block"
+            )
+        if self.weight_min <= 0:
+            raise ValueError(
+                f"confprofile.weight_min={self.weight_min}: must be above 0 (the paper: 0.2); at 0 or below a wrong tag "
+                "is not penalised, or is rewarded"
+            )
         if self.weight_min > self.weight_max:
             raise ValueError(f"confprofile.weight_min={self.weight_min} exceeds weight_max={self.weight_max}")
 

@@ -25,6 +25,7 @@ _TIGHT_MARKS = ("-", "/", ",")  # no space around these in a folded label
 # Spellings of "unknown" a model or annotator writes; all mean the dimension's NA label (unless
 # the taxonomy has a label of that spelling: a label is always itself).
 _NA_ALIASES = ("na", "n/a", "n.a.", "unknown", "unknown(na)", "unknown (na)", "unknown(n/a)", "none")
+_LABEL_MARKS = ("<", ">", ";")  # the answer format's tag marks, and the prompt's separator between labels
 _TOP_KEYS = ("na_label", "dimensions")
 _DIMENSION_KEYS = ("name", "labels", "aliases", "na_aliases")
 
@@ -138,7 +139,8 @@ class Taxonomy:
             raise TaxonomyError(f"{source}: expected a mapping with a 'dimensions' mapping")
         _refuse_unknown_keys(f"{source}:", data, _TOP_KEYS)
         na = data.get("na_label", "NA")
-        if not isinstance(na, str) or not na.strip():
+        _check_text(f"{source}: na_label", "label", na)
+        if not na.strip():
             raise TaxonomyError(f"{source}: na_label: must be a non-empty string")
         if not data["dimensions"]:
             raise TaxonomyError(f"{source}: dimensions: no dimension defined")
@@ -176,6 +178,22 @@ def _refuse_unknown_keys(where: str, spec: dict, known: tuple[str, ...]) -> None
         raise TaxonomyError(f"{where} unknown key {unknown[0]!r} (expected {', '.join(known)})")
 
 
+def _check_text(where: str, what: str, value: object) -> None:
+    """A label or alias must be a string; YAML reads 2020, 1.5, yes, no, on, off, null unquoted as
+    other types, so the message names the value and says to quote it."""
+    if isinstance(value, str):
+        return
+    if isinstance(value, bool):
+        kind = "a boolean (YAML reads yes, no, on, off, true and false unquoted as booleans)"
+    elif value is None:
+        kind = "null (YAML reads an empty entry, ~ and null unquoted as null)"
+    elif isinstance(value, (int, float)):
+        kind = "a number (YAML reads digits unquoted as a number)"
+    else:
+        kind = f"a {type(value).__name__}"
+    raise TaxonomyError(f"{where}: {what} {value!r} is {kind}, not a string: write it in quotes, as in \"2020\" or \"yes\"")
+
+
 def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimension:
     where = f"{source}: dimensions.{key}"
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
@@ -188,8 +206,13 @@ def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimensi
     labels = spec.get("labels")
     if not isinstance(labels, list) or not labels:
         raise TaxonomyError(f"{where}.labels: empty dimension (need at least one label besides {na})")
-    if any(not isinstance(x, str) or not x.strip() or "<" in x or ">" in x for x in labels):
-        raise TaxonomyError(f"{where}.labels: every label must be a non-empty string without '<' or '>'")
+    for label in labels:
+        _check_text(f"{where}.labels", "label", label)
+        if not label.strip() or any(mark in label for mark in _LABEL_MARKS) or label.splitlines() != [label]:
+            raise TaxonomyError(
+                f"{where}.labels: label {label!r}: every label must be a non-empty string on one line, without "
+                "'<' or '>' (the answer format's tags) or ';' (the prompt's separator between labels)"
+            )
     if na not in labels:
         raise TaxonomyError(f"{where}.labels: missing the NA label {na!r}")
     if len(labels) < 2:
@@ -203,12 +226,15 @@ def _build_dimension(source: str, key: object, spec: object, na: str) -> Dimensi
     lookup.update({label: label for label in labels})
     na_aliases = spec.get("na_aliases", [])
     aliases = spec.get("aliases") or {}
-    if not isinstance(na_aliases, list) or not all(isinstance(a, str) for a in na_aliases):
+    if not isinstance(na_aliases, list):
         raise TaxonomyError(f"{where}.na_aliases: expected a list of strings")
-    if not isinstance(aliases, dict) or not all(
-        isinstance(v, list) and all(isinstance(a, str) for a in v) for v in aliases.values()
-    ):
+    for alias in na_aliases:
+        _check_text(f"{where}.na_aliases", "alias", alias)
+    if not isinstance(aliases, dict) or not all(isinstance(v, list) for v in aliases.values()):
         raise TaxonomyError(f"{where}.aliases: expected a mapping of label -> list of strings")
+    for label, spellings in aliases.items():
+        for alias in spellings:
+            _check_text(f"{where}.aliases.{label}", "alias", alias)
     for alias in _NA_ALIASES:
         lookup.setdefault(normalize_label(alias), na)
     for label, spellings in aliases.items():

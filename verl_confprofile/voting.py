@@ -18,6 +18,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 from .taxonomy import Dimension, Taxonomy
 
 VOTING_METHODS = ("confidence", "majority")
+VOTING_HELP = "confidence: Eq. 3-5, tags ranked by their summed confidence S_t; majority: by vote count (ablation)"
 
 
 class Vote(NamedTuple):
