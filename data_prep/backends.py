@@ -397,3 +397,130 @@ class SimulatedBackend:
         for job in jobs:
             for idx in job.sample_idxs:
                 emit(Outcome(job.user_id, idx, text=self.population.sample_text(job.user_id, idx), finish_reason="stop"))
+
+
+class TransformersBackend:
+    """Batched sampling with Hugging Face ``generate``: the student pass without vLLM (a CPU, a
+    laptop, a small model, the tests).
+
+    The missing samples are generated ``batch_size`` sequences at a time (prompts of similar
+    length together, left-padded), and a batch's samples are written when it returns. Each
+    sequence draws its tokens from its own ``torch.Generator`` seeded S + i for sample i, so a
+    draw does not depend on which other sequences share its batch: re-drawing a missing index
+    after a crash asks for the same draw, as vLLM's per-request seeds do. Temperature 0 is greedy.
+    ``finish_reason`` is "stop" when the model ended its turn (an end-of-sequence token) and
+    "length" when it reached ``max_tokens`` (default: the rest of the model's context). The model
+    is loaded only when there is something to sample.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        batch_size: int = 32,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        device: str = "auto",
+    ):
+        self.model = model
+        self.batch_size = batch_size
+        self.temperature = 1.0 if temperature is None else temperature  # vLLM's default too
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.device = device
+
+    async def run(self, jobs: Iterable[Job], emit: Emit) -> None:
+        """Blocking batches, like the vllm backend: generation holds the process and nothing else shares the loop."""
+        requests = [(job, idx) for job in jobs for idx in job.sample_idxs]
+        if not requests:
+            return
+        tokenizer, model = self._load()
+        prompts = {job.user_id: self._encode(tokenizer, job.messages) for job, _ in requests}
+        requests.sort(key=lambda r: len(prompts[r[0].user_id]))
+        for start in range(0, len(requests), self.batch_size):
+            batch = requests[start : start + self.batch_size]
+            texts = self._generate(tokenizer, model, [prompts[job.user_id] for job, _ in batch], [idx for _, idx in batch])
+            for (job, idx), (text, reason) in zip(batch, texts):
+                emit(finished(job.user_id, idx, text, reason))
+
+    def _load(self) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = AutoTokenizer.from_pretrained(self.model)
+        # float32 on a CPU (bf16 matmuls are slow there); the checkpoint's own dtype elsewhere
+        dtype = torch.float32 if device == "cpu" else "auto"
+        model = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype).to(device).eval()
+        return tokenizer, model
+
+    @staticmethod
+    def _encode(tokenizer: Any, messages: list[dict]) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _generate(self, tokenizer: Any, model: Any, prompts: list[list[int]], idxs: list[int]) -> list[tuple[str, str]]:
+        """(text, finish_reason) of one left-padded batch, each row sampled with its own seeded generator."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        device = model.device
+        eos = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        budget = self.max_tokens or max(1, model.config.max_position_embeddings - width)
+        processors = LogitsProcessorList()
+        if self.temperature > 0:
+            generators = [_generator(device, None if self.seed is None else self.seed + idx) for idx in idxs]
+            processors.append(_RowSampler(generators, self.temperature))
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=budget, do_sample=False,
+                logits_processor=processors, eos_token_id=eos, pad_token_id=pad,
+                temperature=None, top_p=None, top_k=None,
+            )
+        results = []
+        for row in out[:, width:].tolist():
+            end = next((k for k, token in enumerate(row) if token in eos), None)
+            tokens = row if end is None else row[:end]
+            results.append((tokenizer.decode(tokens, skip_special_tokens=True), "length" if end is None else "stop"))
+        return results
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids that end a turn: the generation config's, else the tokenizer's end-of-sequence."""
+    eos = model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    ids = [i for i in ids if i is not None] or [tokenizer.eos_token_id]
+    return ids
+
+
+def _generator(device: Any, seed: int | None) -> Any:
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(random.SystemRandom().getrandbits(63) if seed is None else seed)
+    return generator
+
+
+class _RowSampler:
+    """A logits processor that samples each row's next token with that row's own generator and leaves
+    it the only choice, so greedy decoding keeps it: per-sequence seeds inside one batched ``generate``."""
+
+    def __init__(self, generators: list[Any], temperature: float):
+        self.generators = generators
+        self.temperature = temperature
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(picks)), picks] = 0.0
+        return chosen

@@ -16,23 +16,24 @@ are missing: a re-run after a crash or Ctrl-C sends no request for a sample on d
 raising M later adds just the new indices. A line drawn another way (another model, seed,
 backend, temperature, token limit, or another prompt: a changed record, taxonomy or prompt
 budget) is refused with a message naming it: samples drawn differently must not be mixed in one
-file. A last line without its newline that does not parse is the remainder of an interrupted
-write: it is cut off, reported, and its sample drawn again; a complete sample that only lacks
-its newline is kept and the newline added. Samples that still fail after all retries, and empty
+file. A last line without its newline that does not parse, and starts as synthesize starts its
+lines, is the remainder of an interrupted write: it is cut off, reported, and its sample drawn
+again; any other unparsable line means --out is not a samples file, and the run stops before
+touching it. A complete sample that only lacks its newline is kept and the newline added. Samples that still fail after all retries, and empty
 completions, are counted by reason and make the command exit with an error; they are simply
 missing from the file, so the next run retries exactly them.
 
 The prompts are rendered for every user up front (the digest check needs them), with the same
 token budget rule as the builds (``--tokenizer``/``--max-prompt-length``, ``budget.fit_prompts``),
-so the teacher is asked exactly what the student is later trained on.
+so the teacher is asked exactly what the student is later trained on. A records file without a
+user to sample is an error. ``--limit N`` samples the first N users only (every line on disk is
+still checked against its user's prompt), so a later run with a larger N, or none, adds the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import os
 import sys
 import time
@@ -46,12 +47,15 @@ from verl_confprofile.jsonl import field as checked_field
 from verl_confprofile.output_guard import declare
 from verl_confprofile.taxonomy import Taxonomy
 
-from .backends import Backend, Job, OpenAIBackend, Outcome, RetryPolicy, SimulatedBackend, VLLMBackend
+from .backends import Backend, Job, OpenAIBackend, Outcome, RetryPolicy, SimulatedBackend, TransformersBackend, VLLMBackend
 from .budget import PromptBudget, PromptFit, fit_prompts, prompt_report, prompt_summary
 from .build_args import prompt_budget
-from .records import read_records
+from .prompt import prompt_digest
+from .records import dropped_message, read_records
 
-BACKENDS = ("openai", "vllm", "simulated")
+BACKENDS = ("openai", "vllm", "transformers", "simulated")
+# Default --batch-size: users per LLM.chat call (vllm), sequences per generate call (transformers).
+BATCH_SIZE = {"vllm": 256, "transformers": 32}
 
 
 class SamplesFailed(ValueError):
@@ -88,9 +92,9 @@ class Tally:
         return text + (f"; and {len(common) - top} other reasons" if len(common) > top else "")
 
 
-def prompt_digest(chat: list[dict]) -> str:
-    """The SHA-256 of a chat prompt as sent, stored with each sample to tell a changed prompt on resume."""
-    return hashlib.sha256(json.dumps(chat, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+# How every line synthesize writes starts (``write_line`` of a dict whose first key is user_id): the
+# remainder of an interrupted write starts so too, or is a prefix of it.
+SAMPLE_START = b'{"user_id": '
 
 
 def scan_output(path: str, model: str, sampling: dict | None = None, prompts: dict[str, str] | None = None) -> OnDisk:
@@ -100,8 +104,9 @@ def scan_output(path: str, model: str, sampling: dict | None = None, prompts: di
     in ``prompts``, {user_id: prompt digest}) from the same prompt: one samples file holds one
     way of drawing samples, so a resumed run never mixes two. A line that is not a sample,
     repeats a pair or was drawn otherwise is an error naming the line, not something to guess
-    around. Only a last line without its newline that does not parse is taken for the
-    remainder of an interrupted write and cut.
+    around. Only a last line without its newline that does not parse and starts as synthesize
+    starts its lines (``SAMPLE_START``) is taken for the remainder of an interrupted write and
+    cut; any other such line means the file is not a samples file, and nothing is cut.
     """
     done: set[tuple[str, int]] = set()
     try:
@@ -125,7 +130,7 @@ def scan_output(path: str, model: str, sampling: dict | None = None, prompts: di
             try:
                 obj = loads(raw)
             except JSONDecodeError as exc:
-                if not ended:
+                if not ended and (raw.startswith(SAMPLE_START) or SAMPLE_START.startswith(raw)):
                     cut = len(raw)
                     break
                 raise InputError(
@@ -306,10 +311,16 @@ def make_backend(args: argparse.Namespace, taxonomy: Taxonomy) -> Backend:
         return SimulatedBackend(taxonomy, seed=args.seed or 0)
     if not args.model:
         raise InputError(f"--model is required with --backend {args.backend}")
+    batch_size = args.batch_size or BATCH_SIZE.get(args.backend)
     if args.backend == "vllm":
         return VLLMBackend(
-            args.model, batch_users=args.batch_size, temperature=args.temperature, max_tokens=args.max_tokens,
+            args.model, batch_users=batch_size, temperature=args.temperature, max_tokens=args.max_tokens,
             seed=args.seed, engine_args=dict(args.engine_arg or []),
+        )
+    if args.backend == "transformers":
+        return TransformersBackend(
+            args.model, batch_size=batch_size, temperature=args.temperature, max_tokens=args.max_tokens,
+            seed=args.seed, device=args.device,
         )
     api_key = os.environ.get(args.api_key_env)
     if not api_key:
@@ -361,11 +372,18 @@ def run(args: argparse.Namespace) -> None:
     for reason, n in records.skipped.items():
         print(f"  skipped {n} records: {reason} (first at {records.examples[reason]})")
     for reason, n in records.dropped.items():
-        print(f"  dropped {n} keyphrases: {reason} (first at {records.dropped_examples[reason]})")
+        print(f"  {dropped_message(reason, n)} (first at {records.dropped_examples[reason]})")
     prompts, fits, too_long = user_prompts(records.records, taxonomy, budget)
     if too_long:
         print(f"  skipped {len(too_long)} users: prompt_too_long (first: {too_long[0]})")
+    if not prompts:
+        skipped = ", ".join(f"{reason}={n}" for reason, n in records.skipped.items()) or "none"
+        raise InputError(
+            f"{args.records}: no user to sample ({len(records.records) + sum(records.skipped.values())} records; "
+            f"skipped: {skipped}; prompt too long: {len(too_long)}); nothing written"
+        )
     print(f"  {prompt_summary(prompt_report(fits, budget))}")
+    users = list(prompts)[: args.limit]
     sampling = sampling_settings(args)
     tally = Tally()
     interrupted = False
@@ -376,10 +394,11 @@ def run(args: argparse.Namespace) -> None:
         if on_disk.newline_missing:
             fh.write("\n")  # the last sample is complete: keep it, end its line
             fh.flush()
-        missing = missing_samples(prompts, on_disk.done, args.num_samples)
+        missing = missing_samples(users, on_disk.done, args.num_samples)
         total = sum(map(len, missing.values()))
-        wanted = len(prompts) * args.num_samples
-        print(f"{len(prompts)} users x {args.num_samples} samples: {wanted - total} already in {args.out}, "
+        wanted = len(users) * args.num_samples
+        limited = f" (--limit {args.limit}: the first of {len(prompts)})" if len(users) < len(prompts) else ""
+        print(f"{len(users)} users{limited} x {args.num_samples} samples: {wanted - total} already in {args.out}, "
               f"{total} to draw from {backend.model} ({args.backend})")
         try:
             asyncio.run(synthesize(backend, prompts, missing, fh, tally, sampling, args.progress_every))
@@ -436,8 +455,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="samples JSONL (user_id, sample_idx, model, text), appended to and resumed from")
     p.add_argument("--backend", required=True, choices=BACKENDS,
                    help="openai: any OpenAI-compatible endpoint (hosted, or `vllm serve`); vllm: offline vllm.LLM; "
+                   "transformers: Hugging Face generate, batched (no vLLM: a CPU, a laptop, small models); "
                    "simulated: the synthetic stand-in teacher (answers from the user id's hidden profile, not from the record)")
-    p.add_argument("--model", help="model name sent to the endpoint / loaded by vLLM, and written into every sample")
+    p.add_argument("--model", help="model name sent to the endpoint, or the checkpoint loaded by vLLM or transformers; "
+                   "written into every sample")
     p.add_argument("--num-samples", required=True, type=_at_least(int, 1), metavar="M", help="samples per user (the paper: 10)")
     p.add_argument("--taxonomy", help="taxonomy YAML (default: the bundled ProfileBench taxonomy)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the endpoint's or vLLM's own, 1.0 in vLLM)")
@@ -445,6 +466,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="sample i of every user is drawn with seed SEED+i (simulated: the population seed, default 0)")
     p.add_argument("--tokenizer", help="tokenizer directory used to count prompt tokens (with --max-prompt-length; the builds' rule)")
     p.add_argument("--max-prompt-length", type=int, metavar="N", help="fit every prompt within N tokens by dropping keyphrases, as the builds do")
+    p.add_argument("--limit", type=_at_least(int, 1), metavar="N",
+                   help="sample only the first N users of --records that can be sampled, to look before paying for all; "
+                   "a later run with a larger N or without --limit adds the others to the same --out")
     p.add_argument("--progress-every", type=_at_least(float, 0.001), default=60.0, metavar="SECONDS",
                    help="when stderr is not a terminal (no progress bar), print a progress line this often (default: %(default)s)")
     api = p.add_argument_group("openai backend")
@@ -457,9 +481,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     api.add_argument("--timeout", type=_at_least(float, 0.001), default=600.0, metavar="SECONDS", help="per-request timeout (default: %(default)s)")
     api.add_argument("--stall-timeout", type=_at_least(float, 0.001), default=900.0, metavar="SECONDS",
                      help="stop the run when the endpoint gives no valid completion for this long (default: %(default)s)")
-    offline = p.add_argument_group("vllm backend")
-    offline.add_argument("--batch-size", type=_at_least(int, 1), default=256, metavar="USERS",
-                         help="users per LLM.chat call; a call's samples are written when it returns (default: %(default)s)")
+    offline = p.add_argument_group("vllm and transformers backends")
+    offline.add_argument("--batch-size", type=_at_least(int, 1), metavar="N",
+                         help="vllm: users per LLM.chat call (default 256); transformers: sequences per generate call "
+                         "(default 32); a call's samples are written when it returns")
+    offline.add_argument("--device", default="auto",
+                         help="transformers: where the model runs, e.g. cpu, cuda, cuda:1 (default: auto, a GPU when there is one)")
     offline.add_argument("--engine-arg", type=_engine_arg, action="append", metavar="KEY=VALUE",
                          help="argument for vllm.LLM, repeatable: --engine-arg tensor_parallel_size=2 --engine-arg max_model_len=32768")
     p.set_defaults(func=run)

@@ -145,7 +145,8 @@ def test_calibration_ablation_runs_both_stages_on_linear_data(recipes):
     rl_prep = step(recipe, "build-rl")[0]
     assert rl_prep[rl_prep.index("--calibration") + 1] == "data/sft_linear/calibration.json"
     assert grpo(recipe)["data"]["train_files"] == "data/grpo_linear/rl_train.parquet"
-    assert grpo(recipe)["actor_rollout_ref"]["model"]["path"] == "checkpoints/confprofile/sft_linear/huggingface"
+    # under DRY_RUN the SFT run's folder is printed unresolved (its latest global_step_N/huggingface when run)
+    assert grpo(recipe)["actor_rollout_ref"]["model"]["path"] == "checkpoints/confprofile/sft_linear"
 
 
 @pytest.mark.parametrize("shape", ["original", "uniform", "v", "inverted_v"])
@@ -221,3 +222,121 @@ def test_every_ablation_uses_one_budget_for_every_data_step(name):
         if "sft_trainer" in " ".join(command):
             build = named(commands, "build-sft")
             assert option(build, "--max-length") == override(command, "data.max_length")
+
+
+# ---------------------------------------------------------------- the pipeline's contract (dry runs)
+
+
+def synthesize_steps(commands: list[list[str]]) -> list[list[str]]:
+    return [c for c in commands if c[:2] == ["confprofile", "synthesize"]]
+
+
+def test_one_taxonomy_reaches_every_step(tmp_path):
+    taxonomy = tmp_path / "mine.yaml"
+    taxonomy.write_text("dimensions: {}\n")  # only its path matters to a dry run
+    commands = dry_run("main", TAXONOMY=str(taxonomy))
+    data_steps = [c for c in commands if c[0] == "confprofile"]
+    assert {c[1] for c in data_steps} == {"synthesize", "build-sft", "build-rl", "eval"}
+    assert all(option(c, "--taxonomy") == str(taxonomy) for c in data_steps)
+    assert override(named(commands, "main_ppo"), "confprofile.taxonomy") == str(taxonomy)
+
+
+def test_a_relative_taxonomy_file_is_made_absolute_for_the_reward_workers(tmp_path):
+    (tmp_path / "tax.yaml").write_text("dimensions: {}\n")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    out = subprocess.run(["bash", str(ROOT / "recipes" / "run_grpo.sh"), "grpo", "ckpt/sft"], cwd=tmp_path, text=True,
+                         env={**os.environ, "PATH": path, "DRY_RUN": "1", "TAXONOMY": "tax.yaml"}, capture_output=True, check=True).stdout
+    train = next(shlex.split(line[2:]) for line in out.splitlines() if "main_ppo" in line)
+    assert override(train, "confprofile.taxonomy") == str(tmp_path / "tax.yaml")
+
+
+@pytest.mark.parametrize("ablation", ["shape_uniform", "self_confidence", "rl_majority"])
+def test_rl_ablations_share_the_main_runs_seeded_student_pass_outside_every_output_folder(ablation):
+    main_pass = synthesize_steps(dry_run("main"))[2]  # teacher, SFT evaluation, student
+    commands = dry_run(ablation)
+    student = synthesize_steps(commands)[0]
+    assert student == main_pass
+    samples = option(student, "--out")
+    assert option(student, "--seed") == "0" and option(student, "--model") == "checkpoints/confprofile/sft"
+    build = named(commands, "build-rl")
+    assert option(build, "--samples") == samples
+    assert not Path(samples).is_relative_to(option(build, "--out"))
+    # the student pass is cut where GRPO cuts a rollout
+    assert int(option(student, "--max-tokens")) == int(override(named(commands, "main_ppo"), "data.max_response_length"))
+
+
+def test_the_student_backend_and_its_options_come_from_the_environment():
+    vllm = synthesize_steps(dry_run("grpo", "run_grpo.sh", "ckpt/sft"))[0]
+    assert option(vllm, "--backend") == "vllm" and option(vllm, "--engine-arg") == "tensor_parallel_size=8"
+    hf = synthesize_steps(dry_run("grpo", "run_grpo.sh", "ckpt/sft", STUDENT_BACKEND="transformers",
+                                  STUDENT_ARGS="--device cuda:1 --batch-size 64"))[0]
+    assert option(hf, "--backend") == "transformers" and "--engine-arg" not in hf
+    assert option(hf, "--device") == "cuda:1" and option(hf, "--batch-size") == "64"
+
+
+def test_site_overrides_reach_each_trainer_last():
+    site = {"SFT_OVERRIDES": "trainer.logger=[console,wandb] trainer.nnodes=2",
+            "GRPO_OVERRIDES": "trainer.logger=[console,wandb] actor_rollout_ref.rollout.gpu_memory_utilization=0.5"}
+    commands = dry_run("main", **site)
+    sft, ppo = named(commands, "sft_trainer"), named(commands, "main_ppo")
+    assert sft[-2:] == site["SFT_OVERRIDES"].split()
+    assert ppo[-2:] == site["GRPO_OVERRIDES"].split()
+    assert composed(ppo)["actor_rollout_ref"]["rollout"]["gpu_memory_utilization"] == 0.5
+    assert composed(sft)["trainer"]["nnodes"] == 2
+
+
+def test_every_trained_model_is_evaluated_on_the_labelled_users():
+    commands = dry_run("main")
+    evals = [c for c in commands if c[:2] == ["confprofile", "eval"]]
+    assert [option(c, "--name") for c in evals] == ["sft", "grpo"]
+    passes = synthesize_steps(commands)
+    for name, command in zip(("sft", "grpo"), evals):
+        sampled = next(p for p in passes if option(p, "--out") == option(command, "--samples"))
+        assert option(sampled, "--records") == option(command, "--records") == "data/eval_records.jsonl"
+        assert option(sampled, "--model") == f"checkpoints/confprofile/{name}"
+        assert option(command, "--out") == f"out/eval/{name}"
+
+
+def test_trainers_save_hugging_face_weights_the_next_stage_reads():
+    assert "hf_model" in shipped("confprofile_sft.yaml")["checkpoint"]["save_contents"]
+    grpo_cfg = shipped("confprofile_grpo.yaml")
+    assert "hf_model" in grpo_cfg["actor_rollout_ref"]["actor"]["checkpoint"]["save_contents"]
+    assert grpo_cfg["trainer"]["save_freq"] > 0  # verl saves nothing at -1, not even the last step
+
+
+def fake_checkpoint(folder: Path, weights: bool = True) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"")
+
+
+def recipe(script: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(["bash", str(ROOT / "recipes" / script), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PATH": path, **env})
+
+
+def test_the_sft_hand_off_resolves_the_latest_hugging_face_checkpoint(tmp_path):
+    run = tmp_path / "ckpt" / "sft"
+    fake_checkpoint(run / "global_step_9" / "huggingface")
+    fake_checkpoint(run / "global_step_12" / "huggingface")
+    fake_checkpoint(run / "global_step_100" / "huggingface", weights=False)  # config only: verl without hf_model
+    (run / "latest_checkpointed_iteration.txt").write_text("12\n")
+    done = recipe("run_grpo.sh", "grpo", str(run), cwd=tmp_path, DRY_RUN="1")
+    train = next(shlex.split(line[2:]) for line in done.stdout.splitlines() if "main_ppo" in line)
+    assert override(train, "actor_rollout_ref.model.path") == str(run / "global_step_12" / "huggingface")
+    # a GRPO run's folder: the actor's Hugging Face weights
+    policy = tmp_path / "ckpt" / "grpo"
+    fake_checkpoint(policy / "global_step_2" / "actor" / "huggingface")
+    done = recipe("run_eval.sh", "grpo", str(policy), cwd=tmp_path, DRY_RUN="1")
+    sampled = next(shlex.split(line[2:]) for line in done.stdout.splitlines() if "synthesize" in line)
+    assert option(sampled, "--model") == str(policy / "global_step_2" / "actor" / "huggingface")
+
+
+def test_a_missing_checkpoint_stops_before_any_step(tmp_path):
+    fake_checkpoint(tmp_path / "sft" / "global_step_4" / "huggingface", weights=False)
+    done = recipe("run_grpo.sh", "grpo", str(tmp_path / "sft"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"{tmp_path / 'sft'} holds no Hugging Face model" in done.stderr and not done.stdout.strip()
+    assert not (tmp_path / "data").exists()  # nothing ran

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> None:
         "\nNext, on a GPU cluster (see recipes/ and the README):\n"
         "  export OPENAI_API_KEY=...  # the teacher endpoint\n"
         "  bash recipes/run_sft.sh                                   # teacher samples -> SFT set -> SFT\n"
-        "  bash recipes/run_grpo.sh grpo checkpoints/confprofile/sft/huggingface   # RL set -> GRPO\n"
-        "  bash recipes/run_ablation.sh shape_uniform                # any ablation of the paper\n"
-        "  confprofile eval --records eval.jsonl --samples model_outputs.jsonl --out eval/"
+        "  bash recipes/run_grpo.sh grpo checkpoints/confprofile/sft # student pass -> RL set -> GRPO\n"
+        "  bash recipes/run_eval.sh grpo checkpoints/confprofile/grpo # the policy on labelled users -> eval\n"
+        "  bash recipes/run_ablation.sh shape_uniform                # any ablation of the paper"
     )

@@ -3,8 +3,10 @@
 Nothing here is imported by a trainer process; the trainers import the harness package itself
 through ``VERL_USE_EXTERNAL_MODULES`` (see ``cpu_env``).
 
-- ``build_tiny_model``: a random Qwen3-architecture model with the real Qwen tokenizer.
-- ``run_sft``: ``torchrun -m verl.trainer.sft_trainer`` with this project's SFT config.
+- ``build_tiny_model``: a random Qwen3-architecture model with a given tokenizer (``task_tokenizer``
+  fits a small one to the task).
+- ``run_recipe``: a recipe (``recipes/run_*.sh``) as a user runs it, with the harness's overrides
+  passed through the recipes' site variables ``SFT_OVERRIDES`` / ``GRPO_OVERRIDES``.
 - ``run_main_ppo``: ``python -m verl.trainer.main_ppo --config-name=confprofile_grpo`` with the
   CPU overrides plus the caller's, returning what the trainer logged (verl's ``file`` logger:
   one JSON line per step) and the folders it dumped rollouts into.
@@ -93,7 +95,6 @@ GRPO_TEST_OVERRIDES = (
 SFT_TEST_OVERRIDES = (
     "data.train_batch_size=2",
     "data.micro_batch_size_per_gpu=2",
-    "data.max_length=768",
     "optim.lr=1e-2",
     "trainer.total_epochs=1",
     "trainer.total_training_steps=8",
@@ -112,7 +113,11 @@ class TrainerFailed(RuntimeError):
 
 def build_tiny_model(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, hidden: int = 64,
                      layers: int = 2, seed: int = 0) -> str:
-    """A random Qwen3-architecture causal LM with the real Qwen tokenizer, saved in ``out_dir``."""
+    """A random Qwen3-architecture causal LM with the tokenizer in ``tokenizer_dir``, saved in ``out_dir``.
+
+    The output layer is as wide as the tokenizer's vocabulary (rounded up to a multiple of 64):
+    151,936 entries with the real Qwen tokenizer, a few thousand with one fitted to the task.
+    """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
@@ -120,7 +125,7 @@ def build_tiny_model(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLik
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(seed)
     config = Qwen3Config(
-        vocab_size=151936,  # Qwen3's padded vocabulary (the tokenizer uses ids up to 151668)
+        vocab_size=-(-len(tokenizer) // 64) * 64,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -219,33 +224,6 @@ def _run(cmd: Sequence[str], workdir: Path, env: dict[str, str], timeout: float)
     return text
 
 
-def run_sft(workdir: str | os.PathLike, model_dir: str, train_file: str, overrides: Sequence[str] = (),
-            timeout: float = TRAINER_TIMEOUT_S) -> str:
-    """verl's SFT trainer (``configs/confprofile_sft.yaml``) on one CPU rank; returns the HF checkpoint dir."""
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "checkpoints"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-        "-m", "verl.trainer.sft_trainer", f"--config-path={CONFIGS}", "--config-name=confprofile_sft",
-        *CPU_SFT_OVERRIDES,
-        f"data.train_files={train_file}",
-        f"model.path={model_dir}",
-        f"trainer.default_local_dir={ckpt}",
-        "trainer.logger=[console,file]",
-        "checkpoint.save_contents=[model,optimizer,extra,hf_model]",
-        *overrides,
-    ]
-    _run(cmd, work, cpu_env(work), timeout)
-    steps = sorted(ckpt.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
-    if not steps:
-        raise TrainerFailed(f"the SFT trainer wrote no checkpoint under {ckpt}")
-    hf = steps[-1] / "huggingface"
-    if not (hf / "config.json").is_file():
-        raise TrainerFailed(f"no Hugging Face checkpoint in {steps[-1]}")
-    return str(hf)
-
-
 @dataclass
 class GRPORun:
     """What one main_ppo run logged and dumped."""
@@ -288,6 +266,45 @@ def read_metrics(path: Path, training_prefix: str = "critic/") -> tuple[list[dic
     return steps, validation
 
 
+def run_recipe(script: str, args: Sequence[str], workdir: str | os.PathLike, settings: dict[str, str], *,
+               sft_overrides: Sequence[str] = (), grpo_overrides: Sequence[str] = (),
+               timeout: float = TRAINER_TIMEOUT_S) -> str:
+    """``bash recipes/<script> ARGS`` as a user runs it, on this harness; returns its output.
+
+    ``settings`` are the recipes' variables (DATA_DIR, MODEL, TAXONOMY, ...). The harness's own
+    overrides reach the trainers through the recipes' site variables ``SFT_OVERRIDES`` and
+    ``GRPO_OVERRIDES``, the way a cluster user passes a logger or node settings, followed by the
+    caller's. The project's ``python`` and ``confprofile`` come first on PATH. verl's file logger,
+    rollout dumps and the rollout server's events go under ``workdir``; the recipe runs in its own
+    session, ended with everything it started (Ray included) whatever happens.
+    """
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    ray_tmp = Path("/tmp") / f"ray_e2e_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    grpo = [
+        *CPU_GRPO_OVERRIDES,
+        f"+ray_kwargs.ray_init.num_cpus={LOGICAL_CPUS}",
+        f"+ray_kwargs.ray_init._temp_dir={ray_tmp}",
+        "+ray_kwargs.ray_init.include_dashboard=false",
+        f"trainer.rollout_data_dir={work / 'rollouts'}",
+        f"trainer.validation_data_dir={work / 'validation'}",
+        "trainer.logger=[console,file]",
+        *grpo_overrides,
+    ]
+    sft = [*CPU_SFT_OVERRIDES, "trainer.logger=[console,file]", *sft_overrides]
+    for override in (*sft, *grpo):
+        if any(c.isspace() for c in override):
+            raise ValueError(f"an override holds whitespace, which the recipes split on: {override!r}")
+    env = cpu_env(work, {EVENTS_ENV: str(work / "rollout_server.jsonl"), **settings})
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["SFT_OVERRIDES"] = " ".join(sft)
+    env["GRPO_OVERRIDES"] = " ".join(grpo)
+    try:
+        return _run(["bash", str(REPO / "recipes" / script), *args], work, env, timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, val_file: str,
                  overrides: Sequence[str] = (), timeout: float = TRAINER_TIMEOUT_S) -> GRPORun:
     """``python -m verl.trainer.main_ppo --config-name=confprofile_grpo`` on the CPU harness.
@@ -320,7 +337,12 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
         log = _run(cmd, work, cpu_env(work, {EVENTS_ENV: str(events)}), timeout)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    return grpo_run(work, log)
+
+
+def grpo_run(work: Path, log: str) -> GRPORun:
+    """What a main_ppo run in ``work`` (``run_main_ppo`` or a recipe through ``run_recipe``) logged and dumped."""
+    events = work / "rollout_server.jsonl"
     steps, validation = read_metrics(work / "metrics.jsonl")
-    server_events = read_jsonl(events) if events.exists() else []
-    return GRPORun(steps=steps, validation=validation, rollout_dir=rollout_dir, validation_dir=validation_dir,
-                   server_events=server_events, log=log)
+    return GRPORun(steps=steps, validation=validation, rollout_dir=work / "rollouts", validation_dir=work / "validation",
+                   server_events=read_jsonl(events) if events.exists() else [], log=log)
