@@ -32,11 +32,13 @@ for override in "${GRPO_SITE[@]}" "$@"; do
     esac
 done
 case " ${PREP[*]-} " in *" --shape "*) ;; *) PREP=(--shape m "${PREP[@]}") ;; esac
+# BUILD_RL_ARGS: build-rl options for every RL run (e.g. "--engine ray"), before the run's own.
+read -r -a BUILD_RL_EXTRA <<< "${BUILD_RL_ARGS:-}"
 STUDENT_SAMPLES=${STUDENT_SAMPLES:-$DATA_DIR/student_samples/$(slug "$SFT_MODEL")_seed$SEED.jsonl}
 
 student_pass "$STUDENT_SAMPLES" "$RL_RECORDS" "$SFT_MODEL" "$NUM_SAMPLES"
 run confprofile build-rl --records "$RL_RECORDS" --samples "$STUDENT_SAMPLES" --calibration "$CALIBRATION" \
-    --out "$DATA_DIR/$NAME" --val-fraction "$VAL_FRACTION" --seed "$SEED" "${DATA_OPTIONS[@]}" "${PREP[@]}"
+    --out "$DATA_DIR/$NAME" --val-fraction "$VAL_FRACTION" --seed "$SEED" "${DATA_OPTIONS[@]}" "${BUILD_RL_EXTRA[@]}" "${PREP[@]}"
 run python -m verl.trainer.main_ppo --config-path="$CONFIG_DIR" --config-name=confprofile_grpo \
     data.train_files="$DATA_DIR/$NAME/rl_train.parquet" \
     data.val_files="$DATA_DIR/$NAME/rl_val.parquet" \

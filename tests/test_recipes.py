@@ -283,6 +283,8 @@ def test_site_overrides_reach_each_trainer_last():
     assert ppo[-2:] == site["GRPO_OVERRIDES"].split()
     assert composed(ppo)["actor_rollout_ref"]["rollout"]["gpu_memory_utilization"] == 0.5
     assert composed(sft)["trainer"]["nnodes"] == 2
+    build = named(dry_run("shape_v", BUILD_RL_ARGS="--engine ray"), "build-rl")
+    assert option(build, "--engine") == "ray" and build.index("--engine") < build.index("--shape")
 
 
 def test_every_trained_model_is_evaluated_on_the_labelled_users():

@@ -11,10 +11,12 @@ Reuse from any test under ``tests/e2e/``:
   ``tiny_model`` (``SFTRun``: the Hugging Face checkpoint the recipe reported, the logged steps,
   the recipe's output);
 - ``run_grpo``: ``run_grpo(name, overrides=(), *, model=None, train_file=None, val_file=None)``.
-  Without ``model``/``train_file``/``val_file`` it runs ``bash recipes/run_grpo.sh grpo_<name>``
-  from the SFT run (the student pass with the transformers backend, ``build-rl``, ``main_ppo``
-  with 2 small GRPO steps, ``GRPO_TEST_OVERRIDES`` and ``overrides`` given as ``GRPO_OVERRIDES``);
-  with them it runs ``main_ppo`` alone on those files. Either returns a ``GRPORun``: ``steps``
+  Without ``model``/``train_file``/``val_file`` it runs the recipe ``RECIPE_RUNS[name]`` from the
+  SFT run: ``v1`` is ``run_grpo.sh grpo_v1``, ``legacy`` the ``shape_original`` ablation of
+  ``run_ablation.sh`` (each: the student pass with the transformers backend, ``build-rl``,
+  ``main_ppo`` with 2 small GRPO steps, ``GRPO_TEST_OVERRIDES`` and ``overrides`` given as
+  ``GRPO_OVERRIDES``; the ablation then evaluates its policy with ``run_eval.sh``); with them it
+  runs ``main_ppo`` alone on those files. Either returns a ``GRPORun``: ``steps``
   (the metrics dict of every training step, as verl logged it), ``validation`` (every validation
   pass), ``rollout_dir`` and ``validation_dir`` (verl's dumps, ``<step>.jsonl``), ``log`` (the
   recipe's output). Runs are cached per ``name``, so tests asking for the same run share it;
@@ -42,10 +44,13 @@ dimensions:
   age: {name: Age, labels: [young, old, NA]}
 """
 SFT_USERS, RL_USERS, EVAL_USERS, SAMPLES = 64, 40, 12, 5
-# The student pass and build-rl of every GRPO run: no difficulty filter (a model after 8 SFT steps
-# has no spread of difficulty to shape), and go on although nearly every block the 8-step model
-# writes is malformed (build-rl stops on that by default: it is the mark of a wrong taxonomy).
-BUILD_RL_TEST_OPTIONS = ("--shape", "original", "--allow-mismatch")
+# The GRPO runs of the tests: a recipe and its arguments ({sft}: the SFT run's checkpoint folder).
+# Both build the RL set without difficulty filter (a model after 8 SFT steps has no spread of
+# difficulty to shape) from the same student pass: the legacy run is the shape_original ablation.
+RECIPE_RUNS = {
+    "v1": ("run_grpo.sh", ("grpo_v1", "{sft}", "--shape", "original")),
+    "legacy": ("run_ablation.sh", ("shape_original",)),
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ def world(tmp_path_factory) -> World:
         "EVAL_RECORDS": str(root / "eval_records.jsonl"), "EVAL_NUM_SAMPLES": "2", "NGPUS": "1",
         "MAX_PROMPT_LENGTH": "512", "MAX_RESPONSE_LENGTH": "64", "SFT_MAX_LENGTH": "768", "VAL_FRACTION": "0.2",
         "SEED": str(SEED), "STUDENT_BACKEND": "transformers", "STUDENT_ARGS": "--device cpu",
+        # go on although nearly every block the 8-step model writes is malformed (build-rl stops
+        # on that by default: it is the mark of a wrong taxonomy)
+        "BUILD_RL_ARGS": "--allow-mismatch",
     }
     return World(root=root, taxonomy=taxonomy, model=model, settings=settings)
 
@@ -134,10 +142,10 @@ def run_grpo(tmp_path_factory, request, world) -> Callable[..., runner.GRPORun]:
         work = tmp_path_factory.mktemp(f"grpo_{name}")
         if model is None and train_file is None and val_file is None:
             request.getfixturevalue("sft_run")
-            log = runner.run_recipe(
-                "run_grpo.sh", [f"grpo_{name}", str(Path(world.settings["CKPT_DIR"]) / "sft"), *BUILD_RL_TEST_OPTIONS],
-                work, world.settings, grpo_overrides=[*GRPO_TEST_OVERRIDES, *overrides],
-            )
+            script, args = RECIPE_RUNS[name]
+            sft = str(Path(world.settings["CKPT_DIR"]) / "sft")
+            log = runner.run_recipe(script, [a.format(sft=sft) for a in args], work, world.settings,
+                                    grpo_overrides=[*GRPO_TEST_OVERRIDES, *overrides])
             runs[name] = runner.grpo_run(work, log)
         else:
             data = request.getfixturevalue("e2e_data")

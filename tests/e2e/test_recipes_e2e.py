@@ -1,9 +1,10 @@
 """The recipes a user runs on a cluster, run for real on CPU (the fixtures of ``conftest.py``).
 
 ``recipes/run_sft.sh`` (simulated teacher, ``build-sft``, verl's SFT trainer), then
-``recipes/run_grpo.sh`` twice from the checkpoint the SFT recipe reported (the v1 trainer as
-``grpo_v1``, the legacy one as ``grpo_legacy``: the same SFT model, so the second run reuses the
-first one's student pass), then ``recipes/run_eval.sh`` on the policy the GRPO recipe reported.
+``recipes/run_grpo.sh grpo_v1`` from the checkpoint the SFT recipe reported (the v1 trainer),
+``recipes/run_ablation.sh shape_original`` (the legacy trainer: the same SFT model, so it reuses
+the first run's student pass, and evaluates its policy), then ``recipes/run_eval.sh`` on the
+policy the first GRPO recipe reported.
 Only what cannot run here is swapped, through the recipes' own variables: the simulated teacher
 (``TEACHER_BACKEND``), the transformers student (``STUDENT_BACKEND``) and the CPU harness's
 overrides (``SFT_OVERRIDES``/``GRPO_OVERRIDES``, the variables a cluster's site settings use).
@@ -44,10 +45,13 @@ def test_grpo_recipe_runs_the_student_pass_once_per_sft_model(run_grpo, sft_run,
     assert f"0 already in {student}, {RL_USERS * SAMPLES} to draw" in first.log
     assert f"{RL_USERS * SAMPLES} already in {student}, 0 to draw" in second.log
     # both runs filtered the same samples into the same rows
-    for run in ("grpo_v1", "grpo_legacy"):
+    for run in ("grpo_v1", "grpo_shape_original"):
         assert not student.is_relative_to(data / run)
     assert pq.read_table(data / "grpo_v1" / "rl_train.parquet").to_pylist() == pq.read_table(
-        data / "grpo_legacy" / "rl_train.parquet").to_pylist()
+        data / "grpo_shape_original" / "rl_train.parquet").to_pylist()
+    # the ablation evaluated the policy it trained
+    ablation = json.loads((Path(world.settings["EVAL_DIR"]) / "grpo_shape_original" / "report.json").read_text())
+    assert ablation["counts"]["users_evaluated"] == EVAL_USERS
 
 
 def test_grpo_recipe_saves_the_policy_and_the_eval_recipe_scores_it(run_grpo, world, tmp_path_factory):
