@@ -436,11 +436,14 @@ class TransformersBackend:
         if not requests:
             return
         tokenizer, model = self._load()
+        eos = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         prompts = {job.user_id: self._encode(tokenizer, job.messages) for job, _ in requests}
         requests.sort(key=lambda r: len(prompts[r[0].user_id]))
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start : start + self.batch_size]
-            texts = self._generate(tokenizer, model, [prompts[job.user_id] for job, _ in batch], [idx for _, idx in batch])
+            rows = self._generate(model, [prompts[job.user_id] for job, _ in batch], [idx for _, idx in batch], eos, pad)
+            texts = [(tokenizer.decode(tokens, skip_special_tokens=True), reason) for tokens, reason in rows]
             for (job, idx), (text, reason) in zip(batch, texts):
                 emit(finished(job.user_id, idx, text, reason))
 
@@ -462,14 +465,14 @@ class TransformersBackend:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _generate(self, tokenizer: Any, model: Any, prompts: list[list[int]], idxs: list[int]) -> list[tuple[str, str]]:
-        """(text, finish_reason) of one left-padded batch, each row sampled with its own seeded generator."""
+    def _generate(
+        self, model: Any, prompts: list[list[int]], idxs: list[int], eos: list[int], pad: int
+    ) -> list[tuple[list[int], str]]:
+        """(generated token ids, finish_reason) of one left-padded batch, each row sampled with its own seeded generator."""
         import torch
         from transformers import LogitsProcessorList
 
         device = model.device
-        eos = _eos_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -487,8 +490,7 @@ class TransformersBackend:
         results = []
         for row in out[:, width:].tolist():
             end = next((k for k, token in enumerate(row) if token in eos), None)
-            tokens = row if end is None else row[:end]
-            results.append((tokenizer.decode(tokens, skip_special_tokens=True), "length" if end is None else "stop"))
+            results.append((row, "length") if end is None else (row[:end], "stop"))
         return results
 
 

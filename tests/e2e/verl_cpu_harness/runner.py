@@ -71,6 +71,8 @@ CPU_SFT_OVERRIDES = (
 # controller and storage unit for one each, the reward workers for one each.
 LOGICAL_CPUS = 16
 SEED = 0
+# Where a run's rollout server writes its events (weight loads, batches), inside the run's folder.
+EVENTS_FILE = "rollout_server.jsonl"
 
 # Sizes for the tests: 2 prompts x 4 rollouts a step, 2 steps, short responses, validation
 # before training and after the last step. The KL loss is off because verl's FSDP2 reference
@@ -115,8 +117,8 @@ def build_tiny_model(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLik
                      layers: int = 2, seed: int = 0) -> str:
     """A random Qwen3-architecture causal LM with the tokenizer in ``tokenizer_dir``, saved in ``out_dir``.
 
-    The output layer is as wide as the tokenizer's vocabulary (rounded up to a multiple of 64):
-    151,936 entries with the real Qwen tokenizer, a few thousand with one fitted to the task.
+    The output layer is as wide as the tokenizer's vocabulary, rounded up to a multiple of 64:
+    about 152,000 entries with the real Qwen tokenizer, under a thousand with one fitted to the task.
     """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
@@ -266,6 +268,25 @@ def read_metrics(path: Path, training_prefix: str = "critic/") -> tuple[list[dic
     return steps, validation
 
 
+def _ray_tmp() -> Path:
+    """A fresh Ray temp folder for one run, short enough for Ray's socket paths."""
+    return Path("/tmp") / f"ray_e2e_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+
+
+def _grpo_harness(work: Path, ray_tmp: Path) -> list[str]:
+    """The harness's main_ppo overrides for a run in ``work``: the CPU pieces, Ray's resources and
+    folder, the rollout and validation dumps under ``work``, and verl's file logger."""
+    return [
+        *CPU_GRPO_OVERRIDES,
+        f"+ray_kwargs.ray_init.num_cpus={LOGICAL_CPUS}",
+        f"+ray_kwargs.ray_init._temp_dir={ray_tmp}",
+        "+ray_kwargs.ray_init.include_dashboard=false",
+        f"trainer.rollout_data_dir={work / 'rollouts'}",
+        f"trainer.validation_data_dir={work / 'validation'}",
+        "trainer.logger=[console,file]",
+    ]
+
+
 def run_recipe(script: str, args: Sequence[str], workdir: str | os.PathLike, settings: dict[str, str], *,
                sft_overrides: Sequence[str] = (), grpo_overrides: Sequence[str] = (),
                timeout: float = TRAINER_TIMEOUT_S) -> str:
@@ -280,22 +301,13 @@ def run_recipe(script: str, args: Sequence[str], workdir: str | os.PathLike, set
     """
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ray_tmp = Path("/tmp") / f"ray_e2e_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-    grpo = [
-        *CPU_GRPO_OVERRIDES,
-        f"+ray_kwargs.ray_init.num_cpus={LOGICAL_CPUS}",
-        f"+ray_kwargs.ray_init._temp_dir={ray_tmp}",
-        "+ray_kwargs.ray_init.include_dashboard=false",
-        f"trainer.rollout_data_dir={work / 'rollouts'}",
-        f"trainer.validation_data_dir={work / 'validation'}",
-        "trainer.logger=[console,file]",
-        *grpo_overrides,
-    ]
+    ray_tmp = _ray_tmp()
+    grpo = [*_grpo_harness(work, ray_tmp), *grpo_overrides]
     sft = [*CPU_SFT_OVERRIDES, "trainer.logger=[console,file]", *sft_overrides]
     for override in (*sft, *grpo):
         if any(c.isspace() for c in override):
             raise ValueError(f"an override holds whitespace, which the recipes split on: {override!r}")
-    env = cpu_env(work, {EVENTS_ENV: str(work / "rollout_server.jsonl"), **settings})
+    env = cpu_env(work, {EVENTS_ENV: str(work / EVENTS_FILE), **settings})
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["SFT_OVERRIDES"] = " ".join(sft)
     env["GRPO_OVERRIDES"] = " ".join(grpo)
@@ -314,27 +326,19 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
     """
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ray_tmp = Path("/tmp") / f"ray_e2e_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-    rollout_dir, validation_dir = work / "rollouts", work / "validation"
-    events = work / "rollout_server.jsonl"
+    ray_tmp = _ray_tmp()
     cmd = [
         sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIGS}", "--config-name=confprofile_grpo",
-        *CPU_GRPO_OVERRIDES,
-        f"+ray_kwargs.ray_init.num_cpus={LOGICAL_CPUS}",
-        f"+ray_kwargs.ray_init._temp_dir={ray_tmp}",
-        "+ray_kwargs.ray_init.include_dashboard=false",
+        *_grpo_harness(work, ray_tmp),
         f"data.train_files={train_file}",
         f"data.val_files={val_file}",
         f"actor_rollout_ref.model.path={model_dir}",
         f"trainer.default_local_dir={work / 'checkpoints'}",
-        f"trainer.rollout_data_dir={rollout_dir}",
-        f"trainer.validation_data_dir={validation_dir}",
-        "trainer.logger=[console,file]",
         "trainer.save_freq=-1",
         *overrides,
     ]
     try:
-        log = _run(cmd, work, cpu_env(work, {EVENTS_ENV: str(events)}), timeout)
+        log = _run(cmd, work, cpu_env(work, {EVENTS_ENV: str(work / EVENTS_FILE)}), timeout)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     return grpo_run(work, log)
@@ -342,7 +346,7 @@ def run_main_ppo(workdir: str | os.PathLike, model_dir: str, train_file: str, va
 
 def grpo_run(work: Path, log: str) -> GRPORun:
     """What a main_ppo run in ``work`` (``run_main_ppo`` or a recipe through ``run_recipe``) logged and dumped."""
-    events = work / "rollout_server.jsonl"
+    events = work / EVENTS_FILE
     steps, validation = read_metrics(work / "metrics.jsonl")
     return GRPORun(steps=steps, validation=validation, rollout_dir=work / "rollouts", validation_dir=work / "validation",
                    server_events=read_jsonl(events) if events.exists() else [], log=log)
